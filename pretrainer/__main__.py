@@ -1,0 +1,3 @@
+from pretrainer.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,366 @@
+"""Typed configuration: a tree of dataclasses loaded from TOML/YAML/JSON plus overrides.
+
+A config file holds sections (`[run]`, `[data]`, `[model]`, ...) whose keys are the
+fields below. `--section.key=value` overrides are merged into the file's contents
+before validation, so a bad key or type is reported the same way wherever it came from:
+one line naming the key. The `[model]` section is parsed into the config class that
+the model registry names (`name = "bert"` -> `BertConfig`), so each architecture
+validates its own fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pretrainer.errors import PretrainerError
+
+
+def _field(default: Any, help: str, choices: tuple | None = None):
+    metadata = {"help": help}
+    if choices:
+        metadata["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class RunConfig:
+    dir: str = _field("runs/default", "run directory: config, metrics, checkpoints, plots")
+    seed: int = _field(0, "random seed for initialisation, data order and masking")
+
+
+@dataclass
+class DataConfig:
+    """Unlabeled text for pre-training."""
+
+    train: list[str] = _field([], "corpus files (txt, jsonl, csv, tsv; optionally .gz)")
+    eval: list[str] = _field([], "held-out files; empty -> split `holdout` of the documents off train")
+    format: str = _field("auto", "file format", ("auto", "txt", "jsonl", "csv", "tsv"))
+    text_field: str = _field("text", "jsonl/csv column holding the text")
+    txt_documents: str = _field("line", "txt: one document per line, or blank-line separated", ("line", "blank"))
+    on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: stop with an error or skip and count it", ("error", "skip"))
+    holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty")
+    max_documents: int = _field(0, "read at most this many documents per file (0 = all)")
+    cache_dir: str = _field("", "where prepared shards are cached (default: user cache dir)")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = _field("wordpiece", "tokenizer to train", ("wordpiece", "bytebpe"))
+    path: str = _field("", "load this tokenizer.json or vocab.txt instead of training one")
+    vocab_size: int = _field(8192, "vocabulary size when training")
+    lowercase: bool = _field(True, "lowercase and strip accents (wordpiece)")
+    min_frequency: int = _field(2, "minimum token frequency when training")
+
+
+@dataclass
+class ModelConfig:
+    """Base of every architecture's config; the registry picks the subclass by `name`."""
+
+    name: str = _field("bert", "architecture from the model registry")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = _field("mlm", "self-supervised objective from the objective registry")
+    mask_rate: float = _field(0.15, "MLM: fraction of tokens chosen for prediction")
+    mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]")
+    random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token")
+    whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together")
+    nsp_weight: float = _field(1.0, "MLM+NSP: weight of the next-sentence loss")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _field(32, "sequences per optimizer step (per process, before accumulation)")
+    seq_len: int = _field(128, "tokens per sequence")
+    accum: int = _field(1, "gradient accumulation steps")
+    max_steps: int = _field(1000, "optimizer steps (ignored when `budget` or `epochs` is set)")
+    epochs: float = _field(0.0, "train for this many passes over the data instead of max_steps")
+    budget: str = _field("", "wall-clock budget, e.g. '30m', '90s', '1h'; the schedule ends on time")
+    lr: float = _field(5e-4, "peak learning rate")
+    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (never on norms and biases)")
+    beta1: float = _field(0.9, "AdamW beta1")
+    beta2: float = _field(0.98, "AdamW beta2")
+    eps: float = _field(1e-6, "AdamW epsilon")
+    warmup: float = _field(0.06, "warmup as a fraction of training (< 1) or a number of steps (>= 1)")
+    schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
+    min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of the peak")
+    grad_clip: float = _field(1.0, "clip the global gradient norm (0 = off)")
+    eval_every: int = _field(200, "evaluate every N steps (0 = only at the end)")
+    eval_batches: int = _field(50, "batches per evaluation (0 = the whole held-out set)")
+    save_every: int = _field(200, "checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = _field(2, "how many recent checkpoints to keep")
+    log_every: int = _field(10, "log metrics every N steps")
+
+
+@dataclass
+class ImplConfig:
+    """How to run, kept apart from what to train."""
+
+    device: str = _field("auto", "cpu, cuda, cuda:N, or auto")
+    precision: str = _field("fp32", "autocast precision", ("fp32", "bf16", "fp16"))
+    compile: bool = _field(False, "torch.compile the model")
+    threads: int = _field(0, "torch intra-op threads (0 = torch's default)")
+    deterministic: bool = _field(False, "use deterministic algorithms (exact resume tests)")
+    progress: bool = _field(True, "show a progress bar")
+
+
+@dataclass
+class LabeledDataConfig:
+    """A labeled task: files with a text (or text pair) and a label per example."""
+
+    train: str = _field("", "training examples")
+    dev: str = _field("", "development examples (model selection, reported metrics)")
+    test: str = _field("", "test examples (optional)")
+    format: str = _field("auto", "file format; label_text is `label<space>text` per line (SST-2)",
+                         ("auto", "jsonl", "csv", "tsv", "label_text"))
+    text_field: str = _field("text", "column with the text")
+    text_pair_field: str = _field("", "column with the second text of a pair task (empty = single text)")
+    label_field: str = _field("label", "column with the label")
+    labels: list[str] = _field([], "the label set in order; empty = sorted labels found in train")
+    on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: error or skip and count", ("error", "skip"))
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    return TrainConfig(lr=1e-4, epochs=3.0, warmup=0.1, schedule="linear", min_lr_ratio=0.0,
+                       eval_every=0, save_every=0, beta2=0.999, log_every=20)
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = _field("", "pre-training run directory to start from")
+    from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
+    dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
+    label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")
+    pooling: str = _field("cls", "sentence representation for the head", ("cls", "mean"))
+    classifier_dropout: float = _field(0.1, "dropout before the classification head")
+    max_len: int = _field(128, "truncate examples to this many tokens")
+    data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
+    train: TrainConfig = field(default_factory=_finetune_train_defaults)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a TOML, YAML or JSON file into a plain dict; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainerError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise PretrainerError(f"{path}: unknown config format {suffix!r} (use .toml, .yaml or .json)")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as e:
+        if isinstance(e, PretrainerError):
+            raise
+        raise PretrainerError(f"{path}: cannot parse config: {e}") from None
+    except Exception as e:  # yaml.YAMLError has no common base we import eagerly
+        raise PretrainerError(f"{path}: cannot parse config: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PretrainerError(f"{path}: a config file must hold a table of sections")
+    return data
+
+
+def parse_override(arg: str) -> tuple[list[str], Any]:
+    """`--train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are read as TOML, else as strings."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body:
+        raise PretrainerError(f"override {arg!r} must look like --section.key=value")
+    key, raw = body.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for arg in overrides:
+        keys, value = parse_override(arg)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise PretrainerError(f"override {arg!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (),
+                base: dict | None = None) -> Config:
+    """Load a config file (or start from `base`), apply overrides, validate."""
+    data = read_config_file(path) if path else {}
+    if base:
+        data = _deep_merge(base, data)
+    data = apply_overrides(data, list(overrides))
+    source = str(path) if path else "config"
+    return from_dict(Config, data, source=source)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
+    """Build dataclass `cls` from `data`, reporting the first bad key as `source: key: problem`."""
+    if not isinstance(data, dict):
+        raise PretrainerError(f"{source}: {prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
+    if cls is ModelConfig or (isinstance(cls, type) and issubclass(cls, ModelConfig) and "name" in data):
+        cls = model_config_class(data.get("name", "bert"), source, prefix)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {prefix}{near[0]!r}?)" if near else ""
+            raise PretrainerError(f"{source}: unknown config key {prefix + key!r}{hint}")
+        kwargs[key] = _convert(hints[key], value, source, prefix + key)
+    obj = cls(**kwargs)
+    _check_choices(obj, source, prefix)
+    return obj
+
+
+def model_config_class(name: Any, source: str = "config", prefix: str = "model.") -> type:
+    from pretrainer.registry import MODELS
+
+    if not isinstance(name, str) or name not in MODELS:
+        raise PretrainerError(f"{source}: {prefix}name: unknown model {name!r}; choose one of: "
+                              f"{', '.join(MODELS.names())}")
+    return MODELS.get(name).config_class
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    def bad(expected: str):
+        return PretrainerError(f"{source}: config key {key!r} must be {expected}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, key + ".")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single path is accepted where a list is expected
+        if not isinstance(value, list):
+            raise bad(f"a list of {item_type.__name__}")
+        return [_convert(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise TypeError(f"config field {key} has unsupported type {tp}")
+
+
+def _check_choices(obj: Any, source: str, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices and getattr(obj, f.name) not in choices:
+            raise PretrainerError(f"{source}: config key {prefix + f.name!r} must be one of "
+                                  f"{', '.join(map(str, choices))}; got {getattr(obj, f.name)!r}")
+
+
+# ---------------------------------------------------------------- saving
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_toml(data: dict) -> str:
+    """A small TOML writer for config trees (tables of scalars and lists of scalars)."""
+    lines: list[str] = []
+
+    def emit(table: dict, path: list[str]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if path and scalars:
+            lines.append(f"[{'.'.join(path)}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        if path and scalars:
+            lines.append("")
+        for k, v in tables.items():
+            emit(v, path + [k])
+
+    emit(data, [])
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float, str)):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    from pretrainer.training.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), dump_toml(to_dict(cfg)))
+
+
+def help_text(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per config key with its default and help, for `pretrainer config`."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(tp) and not isinstance(default, (int, float, str)):
+            sub = type(default) if dataclasses.is_dataclass(default) else tp
+            out.extend(help_text(sub, prefix + f.name + "."))
+            continue
+        choices = f.metadata.get("choices")
+        extra = f" [{'|'.join(choices)}]" if choices else ""
+        out.append(f"--{prefix}{f.name}={_toml_value(default)}  {f.metadata.get('help', '')}{extra}")
+    return out
