@@ -36,6 +36,7 @@ def _field(default: Any, help: str, choices: tuple | None = None):
 class RunConfig:
     dir: str = _field("runs/default", "run directory: config, metrics, checkpoints, plots")
     seed: int = _field(0, "random seed for initialisation, data order and masking")
+    init: str = _field("", "start from this run directory's weights (continued pre-training)")
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""The Python API: one function per CLI sub-command (`prepare`, `pretrain`, `evaluate`, `generate`).
+
+`pretrainer.transfer.finetune.finetune` is the fine-tuning counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pretrainer.config import Config, save_config
+from pretrainer.errors import PretrainerError
+
+
+def prepare(cfg: Config, log=print):
+    """Read the corpus, train or load the tokenizer, and write (or reuse) the token shards."""
+    from pretrainer.data.shards import prepare_corpus
+
+    corpus = prepare_corpus(cfg, log=log)
+    meta = corpus.meta
+    log(f"prepared {meta.get('documents', '?')} documents, {len(corpus.train.tokens):,} train / "
+        f"{len(corpus.eval.tokens):,} held-out tokens, vocab {corpus.tokenizer.vocab_size:,} "
+        f"-> {corpus.cache_dir}")
+    return corpus
+
+
+def pretrain(cfg: Config, resume: bool = False, log=print):
+    """Self-supervised pre-training with the objective in `cfg.objective`; returns the fit result."""
+    from pretrainer.data.loader import PackedLMLoader, eval_batches
+    from pretrainer.models import build_model, model_config_dict
+    from pretrainer.registry import OBJECTIVES
+    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.training.loop import fit
+    from pretrainer.training.precision import set_determinism, set_threads
+
+    run_dir = Path(cfg.run.dir)
+    if not resume and (run_dir / "checkpoints" / "latest").exists():
+        raise PretrainerError(f"{run_dir} already holds a run; pass --resume to continue it "
+                              f"or choose another --run.dir")
+    set_threads(cfg.impl)
+    set_determinism(cfg.impl, cfg.run.seed)
+    corpus = prepare(cfg, log=log)
+    tokenizer = corpus.tokenizer
+
+    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, tokenizer.vocab_size)
+    _check_fits(cfg, model)
+    _maybe_init_from(cfg, model, log)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.toml")
+    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+    tokenizer.save(run_dir)
+
+    kind = objective.batch_kind
+    batches = PackedLMLoader(corpus.train, cfg.train.batch_size, cfg.train.seq_len, kind, tokenizer,
+                             seed=cfg.run.seed, whole_word=cfg.objective.whole_word)
+
+    def evaluate_heldout(m):
+        return objective.evaluate(m, eval_batches(corpus.eval, cfg.train.batch_size, cfg.train.seq_len,
+                                                  kind, tokenizer, max_batches=cfg.train.eval_batches))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}; "
+        f"run dir {run_dir}")
+    return fit(model, objective, batches, cfg.train, cfg.impl, run_dir, eval_fn=evaluate_heldout,
+               resume=resume, log=log)
+
+
+def _check_fits(cfg: Config, model) -> None:
+    max_len = getattr(model.config, "max_len", None)
+    needed = cfg.train.seq_len + (1 if cfg.objective.name == "clm" else 0)
+    if max_len is not None and needed > max_len:
+        raise PretrainerError(f"train.seq_len = {cfg.train.seq_len} is longer than model.max_len = {max_len}")
+
+
+def _maybe_init_from(cfg: Config, model, log) -> None:
+    """Continued pre-training: start from the weights of an earlier run (run.init)."""
+    init = getattr(cfg.run, "init", "")
+    if not init:
+        return
+    from pretrainer.training.checkpoint import load_weights
+
+    load_weights(model, Path(init) / "model.safetensors", strict=False)
+    log(f"initialised from {init}")
+
+
+def load_run(run_dir: str | Path):
+    """(model, tokenizer) from a run directory: architecture from model.json, weights from model.safetensors."""
+    from pretrainer.data.tokenizer import load_tokenizer
+    from pretrainer.models import model_from_config_dict
+    from pretrainer.training.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "model.json"
+    if not spec_path.is_file():
+        raise PretrainerError(f"{run_dir}: not a run directory (no model.json)")
+    model = model_from_config_dict(json.loads(spec_path.read_text()))
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise PretrainerError(f"{run_dir}: no model.safetensors yet (is the run finished? "
+                              f"resume it with --resume)")
+    load_weights(model, weights)
+    return model, load_tokenizer(run_dir)
+
+
+def evaluate(cfg: Config, log=print) -> dict:
+    """Held-out metrics (masked-token accuracy / perplexity) of the run in `cfg.run.dir`."""
+    from pretrainer.data.loader import eval_batches
+    from pretrainer.data.shards import prepare_corpus
+    from pretrainer.registry import OBJECTIVES
+
+    model, tokenizer = load_run(cfg.run.dir)
+    cfg.tokenizer.path = str(Path(cfg.run.dir) / "tokenizer.json")
+    corpus = prepare_corpus(cfg, log=log)
+    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
+    metrics = objective.evaluate(model, eval_batches(corpus.eval, cfg.train.batch_size, cfg.train.seq_len,
+                                                     objective.batch_kind, tokenizer,
+                                                     max_batches=cfg.train.eval_batches))
+    log(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return metrics
+
+
+def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, num_samples: int = 1,
+             seed: int = 0) -> list[str]:
+    """Continue `prompt` with a causal-LM run; returns `num_samples` texts."""
+    model, tokenizer = load_run(run_dir)
+    if not hasattr(model, "generate"):
+        raise PretrainerError(f"{run_dir}: model {model.config.name!r} cannot generate text "
+                              f"(generation needs a causal-LM run, e.g. model.name = \"gpt\")")
+    if temperature <= 0:
+        raise PretrainerError("--temperature must be > 0 (use --greedy for deterministic decoding)")
+    ids = tokenizer.encode_batch([prompt])[0] if prompt else []
+    ids = [tokenizer.bos_id] + ids
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num_samples):
+        x = torch.tensor([ids], dtype=torch.long)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           greedy=greedy, eos_id=tokenizer.eos_id, generator=generator)
+        out.append(tokenizer.decode(y[0, 1:].tolist()))
+    return out

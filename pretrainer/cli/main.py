@@ -1,0 +1,105 @@
+"""`pretrainer SUBCOMMAND ...`: each sub-command parses its arguments and calls one API function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pretrainer.errors import PretrainerError
+
+CONFIG_HELP = "config file (.toml, .yaml or .json); add --section.key=value overrides after it"
+
+
+def _config_command(name: str, help: str, resume: bool = False):
+    def add(sub):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("config", help=CONFIG_HELP)
+        if resume:
+            p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+        return p
+
+    return add
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrainer", description="Self-supervised pre-training and transfer learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _config_command("prepare", "read the corpus, train or load the tokenizer, write token shards")(sub)
+    _config_command("pretrain", "self-supervised pre-training (the objective named in the config)", resume=True)(sub)
+    _config_command("finetune", "fine-tune on a labeled task (the [finetune] section)", resume=True)(sub)
+    _config_command("evaluate", "evaluate a pre-training run on held-out text")(sub)
+
+    g = sub.add_parser("generate", help="sample text from a causal-LM run")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", default="", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("demo", help="end-to-end demo on real data fetched with pip: pre-train, fine-tune, compare")
+    d.add_argument("--dir", default="runs/demo", help="where the demo writes its run directories")
+
+    c = sub.add_parser("config", help="list every config key with its default and meaning")
+    c.add_argument("config", nargs="?", help="print this file resolved (defaults filled in) instead")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `--section.key=value` overrides are not argparse options: split them off first.
+    overrides = [a for a in argv if a.startswith("--") and "." in a.split("=", 1)[0]]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    try:
+        return _run(args, overrides)
+    except PretrainerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args, overrides: list[str]) -> int:
+    from pretrainer import api
+    from pretrainer.config import dump_toml, help_text, load_config, to_dict
+
+    if args.command == "demo":
+        from pretrainer.cli.demo import demo
+
+        demo(args.dir)
+        return 0
+    if args.command == "generate":
+        for text in api.generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                 greedy=args.greedy, num_samples=args.num_samples, seed=args.seed):
+            print(text)
+            print("-" * 40)
+        return 0
+    if args.command == "config":
+        if args.config:
+            print(dump_toml(to_dict(load_config(args.config, overrides))), end="")
+        else:
+            print("\n".join(help_text()))
+        return 0
+
+    cfg = load_config(args.config, overrides)
+    if args.command == "prepare":
+        api.prepare(cfg)
+    elif args.command == "pretrain":
+        api.pretrain(cfg, resume=args.resume)
+    elif args.command == "finetune":
+        from pretrainer.transfer.finetune import finetune
+
+        finetune(cfg, resume=args.resume)
+    elif args.command == "evaluate":
+        api.evaluate(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
