@@ -249,7 +249,7 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
     for key, value in data.items():
         if key not in fields:
             near = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {prefix}{near[0]!r}?)" if near else ""
+            hint = f" (did you mean {prefix + near[0]!r}?)" if near else ""
             raise PretrainerError(f"{source}: unknown config key {prefix + key!r}{hint}")
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)

@@ -1,0 +1,60 @@
+"""Model architectures: each a config dataclass plus an nn.Module, registered by name.
+
+Importing this package registers the built-in models ("bert", "gpt") in `MODELS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch.nn as nn
+
+from pretrainer.config import ModelConfig, from_dict
+from pretrainer.errors import PretrainerError
+from pretrainer.models.decoder import GPT, GPTConfig
+from pretrainer.models.encoder import BertConfig, BertModel
+from pretrainer.models.heads import SequenceClassifier
+from pretrainer.registry import MODELS
+
+__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "build_model",
+           "model_config_dict", "model_from_config_dict"]
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """The registered model for `cfg.name`, with vocab_size = 0 taken from the tokenizer.
+
+    `cfg` is not modified: the model's own `config` holds the resolved vocabulary size.
+    A bare `ModelConfig` (only a name) gets that architecture's defaults.
+    """
+    cls = MODELS.get(cfg.name)
+    if not isinstance(cfg, cls.config_class):
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        cfg = cls.config_class(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in known})
+    if cfg.vocab_size == 0:
+        cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+    elif cfg.vocab_size < vocab_size:
+        raise PretrainerError(f"config key 'model.vocab_size' = {cfg.vocab_size} is smaller than the "
+                              f"tokenizer's vocabulary ({vocab_size}); set it to 0 to use the tokenizer's")
+    return cls(cfg)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """What run_dir/model.json holds: {"name": ..., "config": {...}} (architecture only).
+
+    A SequenceClassifier adds {"classifier": {"num_labels", "pooling"}} so it can be rebuilt too.
+    """
+    spec = {"name": model.config.name, "config": dataclasses.asdict(model.config)}
+    if isinstance(model, SequenceClassifier):
+        spec["classifier"] = {"num_labels": model.num_labels, "pooling": model.pooling,
+                              "dropout": model.dropout.p}
+    return spec
+
+
+def model_from_config_dict(spec: dict) -> nn.Module:
+    """Inverse of `model_config_dict`: a freshly initialised model of that architecture."""
+    cls = MODELS.get(spec["name"])
+    cfg = from_dict(cls.config_class, {**spec["config"], "name": spec["name"]}, source="model.json")
+    model = cls(cfg)
+    if "classifier" in spec:
+        model = SequenceClassifier(model, **spec["classifier"])
+    return model

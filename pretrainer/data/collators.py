@@ -1,0 +1,79 @@
+"""Batch-time transforms of token tensors: BERT's masked-language-model corruption."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100  # label value that cross_entropy skips
+
+
+def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_id: int,
+                vocab_size: int, mask_rate: float = 0.15, mask_token_rate: float = 0.8,
+                random_token_rate: float = 0.1, word_starts: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                special_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose tokens to predict and corrupt them: input_ids (B, T) -> (masked_ids, labels), both (B, T).
+
+    Per sequence exactly max(1, round(mask_rate * n)) of its n candidate words are chosen (a
+    fixed count as in BERT, so short sequences still get a target); special tokens are never
+    chosen. Without `word_starts` every token is its own word; with it (True where a token
+    starts a word) all sub-tokens of a chosen word are chosen together. Each chosen token
+    becomes [MASK] with probability mask_token_rate, a random token with random_token_rate,
+    and stays unchanged otherwise. Random tokens avoid mask_id, `special_ids` and any id
+    found at a special position of this batch. labels hold the original id at chosen
+    positions and -100 elsewhere.
+
+    Randomness comes from `generator` (drawn on its device) or else torch's global RNG, and
+    the number of draws depends only on the batch shape.
+    """
+    B, T = input_ids.shape
+    device = input_ids.device
+    special = special_tokens_mask.bool()
+    candidate = ~special
+
+    def uniform() -> torch.Tensor:
+        on = generator.device if generator is not None else device
+        return torch.rand(B, T, generator=generator, device=on).to(device)
+
+    # Word boundaries: a special token is a word of its own and the token after it starts a
+    # new word, so a word cut off by packing never merges with [CLS] or [SEP].
+    starts = torch.ones_like(special) if word_starts is None else word_starts.bool().clone()
+    starts |= special
+    starts[:, 1:] |= special[:, :-1]
+    starts[:, 0] = True
+    word_candidate = starts & candidate  # (B, T): one True per candidate word, at its first token
+
+    # Rank candidate words by a random score and keep the k best per row.
+    scores = uniform().masked_fill(~word_candidate, 2.0)  # non-candidates sort last
+    ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, T): rank of each position in its row
+    n_words = word_candidate.sum(dim=1, keepdim=True)  # (B, 1)
+    k = torch.round(n_words * mask_rate).clamp(min=1).minimum(n_words)
+    chosen_start = word_candidate & (ranks < k)
+
+    # Spread each word's choice to its sub-tokens: index of the word's first token per position.
+    positions = torch.arange(T, device=device).expand(B, T)
+    word_first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    chosen = chosen_start.gather(1, word_first) & candidate  # (B, T)
+
+    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
+
+    action = uniform()
+    to_mask = chosen & (action < mask_token_rate)
+    to_random = chosen & (action >= mask_token_rate) & (action < mask_token_rate + random_token_rate)
+
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    allowed[mask_id] = False
+    if special_ids:
+        allowed[torch.as_tensor(list(special_ids), device=device)] = False
+    allowed[input_ids[special]] = False
+    allowed_ids = allowed.nonzero().squeeze(1)  # (V',)
+    if len(allowed_ids) == 0:  # degenerate tiny vocabularies: anything goes
+        allowed_ids = torch.arange(vocab_size, device=device)
+    pick = (uniform() * len(allowed_ids)).long().clamp(max=len(allowed_ids) - 1)
+    random_ids = allowed_ids[pick]  # (B, T)
+
+    masked = input_ids.masked_fill(to_mask, mask_id)
+    masked = torch.where(to_random, random_ids, masked)
+    return masked, labels

@@ -1,0 +1,142 @@
+"""BERT: a bidirectional Transformer encoder with MLM, NSP and pooler heads.
+
+The module tree mirrors Hugging Face `BertForPreTraining` so its checkpoints map 1:1:
+  embeddings.{word,position,token_type}_embeddings, embeddings.ln   <- bert.embeddings.*
+  blocks.i.attn.qkv = cat(query, key, value)                        <- bert.encoder.layer.i.attention.self.*
+  blocks.i.attn.proj, blocks.i.ln_1                                 <- attention.output.{dense,LayerNorm}
+  blocks.i.mlp.fc, blocks.i.mlp.proj, blocks.i.ln_2                 <- intermediate.dense, output.{dense,LayerNorm}
+  pooler                                                            <- bert.pooler.dense
+  mlm_head.dense, mlm_head.ln, mlm_head.bias                        <- cls.predictions.{transform.dense,
+                                                                       transform.LayerNorm, bias}
+  nsp_head                                                          <- cls.seq_relationship
+The MLM decoder matrix is the word embedding itself (cls.predictions.decoder.weight is tied).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrainer.config import ModelConfig, _field
+from pretrainer.models.layers import ACTIVATIONS, Block, activation_fn, decay_groups, init_weights, masked_mean
+from pretrainer.registry import MODELS
+
+
+@dataclass
+class BertConfig(ModelConfig):
+    name: str = _field("bert", "architecture from the model registry")
+    vocab_size: int = _field(0, "vocabulary size (0 = the tokenizer's)")
+    n_layers: int = _field(4, "Transformer blocks")
+    d_model: int = _field(256, "hidden size")
+    n_heads: int = _field(4, "attention heads (must divide d_model)")
+    d_ff: int = _field(0, "MLP hidden size (0 = 4 * d_model)")
+    max_len: int = _field(512, "longest sequence (learned position embeddings)")
+    type_vocab_size: int = _field(2, "token type (segment) ids")
+    dropout: float = _field(0.1, "dropout on embeddings and sublayer outputs")
+    attn_dropout: float = _field(0.1, "dropout on attention probabilities")
+    activation: str = _field("gelu", "MLP activation (gelu = exact erf)", ACTIVATIONS)
+    norm_first: bool = _field(False, "pre-LN blocks instead of BERT's post-LN")
+    layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon")
+    init_std: float = _field(0.02, "std of the normal weight initialisation")
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position_embeddings = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:T]  # (B, T, C)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]  # all segment 0, without a (B, T) lookup
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.ln(x))
+
+
+class MLMHead(nn.Module):
+    """dense + activation + LayerNorm; the vocabulary projection reuses the word embedding."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.act = activation_fn(cfg.activation)
+        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln(self.act(self.dense(hidden))), embedding, self.bias)
+
+
+@MODELS.register("bert")
+class BertModel(nn.Module):
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ValueError("BertConfig.vocab_size is 0: build the model with build_model(cfg, vocab_size)")
+        self.config = config
+        self.d_model = config.d_model
+        self.n_layers = config.n_layers
+        d_ff = config.d_ff or 4 * config.d_model
+        self.embeddings = BertEmbeddings(config)
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_heads, d_ff, config.dropout, config.attn_dropout,
+                  config.activation, config.norm_first, config.layer_norm_eps)
+            for _ in range(config.n_layers))
+        # Pre-LN stacks need a final norm; post-LN blocks already end in one.
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
+        self.pooler = nn.Linear(config.d_model, config.d_model)
+        self.mlm_head = MLMHead(config)
+        self.nsp_head = nn.Linear(config.d_model, 2)
+        init_weights(self, config.init_std)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T); attention_mask (B, T), True/1 = real token -> hidden (B, T, C)."""
+        T = input_ids.shape[1]
+        if T > self.config.max_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_len = {self.config.max_len}")
+        x = self.embeddings(input_ids, token_type_ids)
+        # (B, 1, 1, T): every query sees the same keys; pad keys are hidden from all queries.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask)
+        return x if self.ln_f is None else self.ln_f(x)
+
+    def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               pooling: str = "cls") -> torch.Tensor:
+        """(B, T, C) -> (B, C): tanh(dense([CLS])) as in BERT, or the mean over real tokens."""
+        if pooling == "cls":
+            return torch.tanh(self.pooler(hidden[:, 0]))
+        if pooling == "mean":
+            return masked_mean(hidden, attention_mask)
+        raise ValueError(f"unknown pooling {pooling!r} for bert; choose cls or mean")
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., V); MLM gathers the masked positions first, e.g. (N, C)."""
+        return self.mlm_head(hidden, self.embeddings.word_embeddings.weight)
+
+    def nsp_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) -> (B, 2); class 0 = B follows A, 1 = B is random."""
+        return self.nsp_head(pooled)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return decay_groups(self, weight_decay)
+
+    def layer_id(self, param_name: str) -> int:
+        """Depth for layer-wise LR decay: embeddings 0, block i -> i + 1, heads n_layers + 1."""
+        if param_name.startswith("embeddings."):
+            return 0
+        m = re.match(r"blocks\.(\d+)\.", param_name)
+        return int(m.group(1)) + 1 if m else self.n_layers + 1

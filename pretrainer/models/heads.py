@@ -1,0 +1,55 @@
+"""Task heads that sit on any backbone's transfer surface."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from pretrainer.models.layers import decay_groups
+
+
+class SequenceClassifier(nn.Module):
+    """backbone -> pooled sentence vector -> dropout -> linear -> logits (B, num_labels)."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.num_labels = num_labels
+        self.head = self._new_head(num_labels)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def d_model(self) -> int:
+        return self.backbone.d_model
+
+    def _new_head(self, num_labels: int) -> nn.Linear:
+        head = nn.Linear(self.backbone.d_model, num_labels)
+        nn.init.normal_(head.weight, mean=0.0, std=getattr(self.backbone.config, "init_std", 0.02))
+        nn.init.zeros_(head.bias)
+        ref = next(self.backbone.parameters())
+        return head.to(device=ref.device, dtype=ref.dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch.get("attention_mask")
+        hidden = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B, T, C)
+        pooled = self.backbone.pooled(hidden, mask, self.pooling)  # (B, C)
+        return self.head(self.dropout(pooled))
+
+    def reset_head(self, num_labels: int) -> None:
+        """A fresh, randomly initialised head for a new label set; the backbone is kept."""
+        self.num_labels = num_labels
+        self.head = self._new_head(num_labels)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return decay_groups(self, weight_decay)
+
+    def layer_id(self, param_name: str) -> int:
+        """Backbone depth for `backbone.*` names; the head sits above the backbone's top layer."""
+        if param_name.startswith("backbone."):
+            return self.backbone.layer_id(param_name[len("backbone."):])
+        return self.backbone.n_layers + 1

@@ -1,0 +1,116 @@
+"""Transformer building blocks shared by the encoder (BERT) and the decoder (GPT).
+
+Parameter names are chosen so Hugging Face checkpoints map onto them one to one:
+the attention's `qkv` is BERT's query/key/value (or GPT-2's `c_attn`) concatenated along
+the output dimension in that order, `proj` is the attention output, `mlp.fc` / `mlp.proj`
+are the intermediate and output dense layers, `ln_1` / `ln_2` the two LayerNorms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+
+def activation_fn(name: str):
+    # BERT uses the exact erf GELU; GPT-2's "gelu_new" is the tanh approximation.
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model = {d_model} is not a multiple of n_heads = {n_heads}")
+        self.n_heads = n_heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for q, k and v
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        """x (B, T, C); attn_mask bool, broadcastable to (B, H, T, T), True = may attend."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        # (B, T, C) -> (B, H, T, C/H)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation: str):
+        super().__init__()
+        self.fc = nn.Linear(d_model, d_ff)
+        self.act = activation_fn(activation)
+        self.proj = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Attention + MLP with residuals; post-LN (BERT) or pre-LN (GPT) by `norm_first`."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attn_dropout: float,
+                 activation: str, norm_first: bool, layer_norm_eps: float):
+        super().__init__()
+        self.norm_first = norm_first
+        self.ln_1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.ln_2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.mlp = MLP(d_model, d_ff, activation)
+        self.dropout = nn.Dropout(dropout)  # on each sublayer's output, before the residual add
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.dropout(self.attn(self.ln_1(x), attn_mask, is_causal))
+            x = x + self.dropout(self.mlp(self.ln_2(x)))
+        else:
+            x = self.ln_1(x + self.dropout(self.attn(x, attn_mask, is_causal)))
+            x = self.ln_2(x + self.dropout(self.mlp(x)))
+        return x
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT/GPT-2 initialisation: N(0, std) for matrices and embeddings, LayerNorm = identity."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices (linear weights and embeddings), not vectors (norms, biases).
+
+    `named_parameters` yields a tied weight once, so every parameter lands in exactly one group.
+    """
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the non-pad positions: hidden (B, T, C), attention_mask (B, T) -> (B, C)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    w = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)

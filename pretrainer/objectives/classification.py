@@ -1,0 +1,62 @@
+"""Supervised sequence classification, the fine-tuning objective.
+
+Built directly, `ClassificationObjective(num_labels)`, by fine-tuning: the label count comes
+from the labeled data, which neither ObjectiveConfig nor the tokenizer knows. It is also
+registered as "classification" so it can be found by name, but it is not a pre-training
+objective; calling it the registry way, with (cfg, tokenizer), is refused with a message.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrainer.errors import PretrainerError
+from pretrainer.objectives.mlm import to_device
+from pretrainer.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("classification")
+class ClassificationObjective:
+    batch_kind = "classification"
+
+    def __init__(self, num_labels: int, tokenizer=None):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int):
+            raise PretrainerError("objective 'classification' is used by `pretrainer finetune`, not for "
+                                  "pre-training; choose objective.name = mlm, mlm_nsp or clm")
+        self.num_labels = num_labels
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict:
+        """model is a SequenceClassifier; batch["labels"] (B,) long."""
+        logits = model(batch)  # (B, num_labels)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.float(), labels)
+        acc = (logits.argmax(dim=-1) == labels).float().mean()
+        return {"loss": loss, "acc": acc.detach(), "n_tokens": batch["input_ids"].numel()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        """-> {"loss", "accuracy", "macro_f1"}; keeps only predicted ids, never logits."""
+        from pretrainer.evaluation.metrics import accuracy, macro_f1
+
+        was_training = model.training
+        model.eval()
+        preds, labels = [], []
+        loss_sum = 0.0
+        try:
+            for batch in batches:
+                batch = to_device(batch, model)
+                logits = model(batch)
+                loss_sum += float(F.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
+                preds.append(logits.argmax(dim=-1).cpu())
+                labels.append(batch["labels"].cpu())
+        finally:
+            model.train(was_training)
+        if not labels:
+            raise ValueError("evaluate() got no batches")
+        preds, labels = torch.cat(preds), torch.cat(labels)
+        return {"loss": loss_sum / len(labels), "accuracy": accuracy(preds, labels),
+                "macro_f1": macro_f1(preds, labels, self.num_labels)}

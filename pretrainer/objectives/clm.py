@@ -1,0 +1,57 @@
+"""Causal language modelling (GPT): predict every next token."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrainer.config import ObjectiveConfig
+from pretrainer.data.collators import IGNORE_INDEX
+from pretrainer.objectives.mlm import perplexity, to_device
+from pretrainer.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("clm")
+class CausalLM:
+    batch_kind = "clm"
+
+    def __init__(self, cfg: ObjectiveConfig, tokenizer=None):
+        self.cfg = cfg  # nothing in ObjectiveConfig applies; kept for a uniform constructor
+
+    @staticmethod
+    def mean_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+        """input_ids (B, T+1): logits from [:, :-1] against targets [:, 1:] -> (mean loss, n targets)."""
+        ids = batch["input_ids"]
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        mask = batch.get("attention_mask")
+        if mask is not None:  # padded batches: no loss on pad targets
+            mask = mask.bool()
+            targets = targets.masked_fill(~mask[:, 1:], IGNORE_INDEX)
+            mask = mask[:, :-1]
+        logits = model.lm_logits(model(inputs, mask))  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        n = targets.numel() if mask is None else int((targets != IGNORE_INDEX).sum())
+        return loss, n
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict:
+        loss, _ = self.mean_loss(model, batch)
+        # perplexity is derived from the (averaged) loss by whoever logs it
+        return {"loss": loss, "n_tokens": batch["input_ids"][:, :-1].numel()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        was_training = model.training
+        model.eval()
+        loss_sum, count = 0.0, 0
+        try:
+            for batch in batches:
+                loss, n = self.mean_loss(model, to_device(batch, model))
+                loss_sum += float(loss) * n
+                count += n
+        finally:
+            model.train(was_training)
+        loss = loss_sum / max(count, 1)
+        return {"loss": loss, "ppl": perplexity(loss)}

@@ -1,0 +1,103 @@
+"""Masked language modelling (BERT): predict the original ids of randomly corrupted tokens."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrainer.config import ObjectiveConfig
+from pretrainer.data.collators import IGNORE_INDEX, mask_tokens
+from pretrainer.errors import PretrainerError
+from pretrainer.registry import OBJECTIVES
+
+EVAL_SEED = 1234  # evaluation masks the same tokens every time, so numbers are comparable
+
+
+def to_device(batch: dict, model: nn.Module) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+@OBJECTIVES.register("mlm")
+class MaskedLM:
+    batch_kind = "mlm"  # the batch layout the loader builds for this objective
+
+    def __init__(self, cfg: ObjectiveConfig, tokenizer):
+        if getattr(tokenizer, "mask_id", None) is None:
+            raise PretrainerError(f"objective.name = {cfg.name!r} needs a tokenizer with a [MASK] token; "
+                                  f"use tokenizer.kind = \"wordpiece\" (byte-BPE has none)")
+        self.cfg = cfg
+        self.mask_id = tokenizer.mask_id
+        self.vocab_size = tokenizer.vocab_size
+        self.special_ids = list(getattr(tokenizer, "special_ids", None) or [])
+
+    def mask(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        word_starts = None
+        if self.cfg.whole_word:
+            if "word_starts" not in batch:
+                raise ValueError("objective.whole_word is set but the batch has no word_starts")
+            word_starts = batch["word_starts"]
+        return mask_tokens(batch["input_ids"], batch["special_tokens_mask"], mask_id=self.mask_id,
+                           vocab_size=self.vocab_size, mask_rate=self.cfg.mask_rate,
+                           mask_token_rate=self.cfg.mask_token_rate,
+                           random_token_rate=self.cfg.random_token_rate, word_starts=word_starts,
+                           generator=generator, special_ids=self.special_ids)
+
+    def encode(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None):
+        """Mask, run the backbone once: -> hidden (B, T, C), labels (B, T)."""
+        masked_ids, labels = self.mask(batch, generator)
+        hidden = model(masked_ids, batch.get("attention_mask"), batch.get("token_type_ids"))
+        return hidden, labels
+
+    @staticmethod
+    def masked_lm_terms(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor):
+        """-> (mean loss, n_correct, n_predicted) over the chosen positions only.
+
+        The vocabulary projection is the most expensive matmul, so it runs on the ~15%
+        chosen positions (N, C) rather than on every position (B, T, C).
+        """
+        chosen = labels != IGNORE_INDEX  # (B, T)
+        targets = labels[chosen]  # (N,)
+        if targets.numel() == 0:  # nothing to predict (all special tokens): a zero that backprops
+            zero = hidden.sum() * 0.0
+            return zero, zero.detach(), 0
+        logits = model.lm_logits(hidden[chosen])  # (N, V)
+        loss = F.cross_entropy(logits.float(), targets)
+        n_correct = (logits.argmax(dim=-1) == targets).sum()
+        return loss, n_correct, targets.numel()
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict:
+        hidden, labels = self.encode(model, batch)
+        loss, n_correct, n = self.masked_lm_terms(model, hidden, labels)
+        return {"loss": loss, "mlm_acc": (n_correct.float() / max(n, 1)).detach(),
+                "n_tokens": batch["input_ids"].numel()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        was_training = model.training
+        model.eval()
+        loss_sum = correct = 0.0
+        count = 0
+        generator = None
+        try:
+            for batch in batches:
+                batch = to_device(batch, model)
+                if generator is None:
+                    generator = torch.Generator(batch["input_ids"].device).manual_seed(EVAL_SEED)
+                hidden, labels = self.encode(model, batch, generator)
+                loss, n_correct, n = self.masked_lm_terms(model, hidden, labels)
+                loss_sum += float(loss) * n
+                correct += float(n_correct)
+                count += n
+        finally:
+            model.train(was_training)
+        mlm_loss = loss_sum / max(count, 1)
+        return {"mlm_loss": mlm_loss, "mlm_acc": correct / max(count, 1), "mlm_ppl": perplexity(mlm_loss)}

@@ -1,0 +1,63 @@
+"""BERT's original pre-training: masked LM plus next-sentence prediction on the [CLS] vector."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrainer.objectives.mlm import EVAL_SEED, MaskedLM, perplexity, to_device
+from pretrainer.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("mlm_nsp")
+class MaskedLMWithNSP(MaskedLM):
+    """loss = MLM loss + nsp_weight * NSP cross-entropy; both heads share one encoder pass."""
+
+    batch_kind = "mlm_nsp"
+
+    def terms(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None):
+        hidden, labels = self.encode(model, batch, generator)
+        mlm_loss, mlm_correct, n = self.masked_lm_terms(model, hidden, labels)
+        pooled = model.pooled(hidden, batch.get("attention_mask"), "cls")  # (B, C)
+        nsp_logits = model.nsp_logits(pooled)  # (B, 2)
+        target = batch["next_sentence_label"]
+        nsp_loss = F.cross_entropy(nsp_logits.float(), target)
+        nsp_correct = (nsp_logits.argmax(dim=-1) == target).sum()
+        return mlm_loss, mlm_correct, n, nsp_loss, nsp_correct
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict:
+        mlm_loss, mlm_correct, n, nsp_loss, nsp_correct = self.terms(model, batch)
+        return {"loss": mlm_loss + self.cfg.nsp_weight * nsp_loss,
+                "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
+                "mlm_acc": (mlm_correct.float() / max(n, 1)).detach(),
+                "nsp_acc": (nsp_correct.float() / len(batch["next_sentence_label"])).detach(),
+                "n_tokens": batch["input_ids"].numel()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        was_training = model.training
+        model.eval()
+        mlm_sum = mlm_correct = nsp_sum = nsp_correct = 0.0
+        n_masked = n_pairs = 0
+        generator = None
+        try:
+            for batch in batches:
+                batch = to_device(batch, model)
+                if generator is None:
+                    generator = torch.Generator(batch["input_ids"].device).manual_seed(EVAL_SEED)
+                mlm_loss, m_correct, n, nsp_loss, s_correct = self.terms(model, batch, generator)
+                pairs = len(batch["next_sentence_label"])
+                mlm_sum += float(mlm_loss) * n
+                mlm_correct += float(m_correct)
+                n_masked += n
+                nsp_sum += float(nsp_loss) * pairs
+                nsp_correct += float(s_correct)
+                n_pairs += pairs
+        finally:
+            model.train(was_training)
+        mlm = mlm_sum / max(n_masked, 1)
+        return {"mlm_loss": mlm, "mlm_acc": mlm_correct / max(n_masked, 1), "mlm_ppl": perplexity(mlm),
+                "nsp_loss": nsp_sum / max(n_pairs, 1), "nsp_acc": nsp_correct / max(n_pairs, 1)}
