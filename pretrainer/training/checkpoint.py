@@ -1,0 +1,426 @@
+"""Crash-safe checkpoints and weight files, in safetensors and JSON only (never pickle).
+
+Layout of one checkpoint (`run_dir/checkpoints/step_000200/`):
+  model.safetensors      the unwrapped model's state dict; a tied weight is stored once
+                         and its other names are listed in the file's metadata
+  optimizer.safetensors  optimizer state tensors as `state.<param index>.<name>`, the RNG
+                         states as `rng.*`, and any tensors inside `extra_state` as `extra.*`
+  state.json             step, optimizer param-group hyperparameters, numpy / python RNG
+                         states, and `extra_state` (schedule, data loader position, ...)
+
+A checkpoint is built in a hidden temporary folder, renamed into place, and only then is
+`checkpoints/latest` (a text file naming the folder) replaced. A crash at any point leaves
+`latest` naming the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from pretrainer.errors import PretrainerError
+
+FORMAT = "pretrainer-checkpoint/1"
+_TIED_KEY = "pretrainer.tied"  # safetensors metadata: JSON {dropped name: stored name}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------- model weights
+
+
+def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DDP's leading `module.` and torch.compile's `_orig_mod.` from foreign state dicts."""
+    out = {".".join(p for p in k.split(".") if p != "_orig_mod"): v for k, v in state.items()}
+    while out and all(k.startswith("module.") for k in out):
+        out = {k[len("module."):]: v for k, v in out.items()}
+    return out
+
+
+def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The unwrapped model's state dict with each shared tensor once.
+
+    safetensors refuses tensors that share memory, so a tied weight (e.g. the LM head
+    reusing the embedding matrix) is stored under its first name and the other names are
+    returned as aliases. A tensor that is a different view of shared memory is copied.
+    """
+    state = _strip_wrapper_prefixes(unwrap(model).state_dict())
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_by_identity: dict[tuple, str] = {}
+    seen_storages: set[tuple] = set()
+    for name, t in state.items():
+        if not torch.is_tensor(t):
+            continue
+        t = t.detach()
+        if t.numel() == 0:
+            tensors[name] = t.clone()
+            continue
+        storage = (t.device, t.untyped_storage().data_ptr())
+        identity = (storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if identity in first_by_identity:
+            aliases[name] = first_by_identity[identity]
+            continue
+        first_by_identity[identity] = name
+        shares_memory = storage in seen_storages
+        seen_storages.add(storage)
+        tensors[name] = t.clone() if shares_memory else t.contiguous()
+    return tensors, aliases
+
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    save_file(tensors, str(path), metadata=metadata)
+    _fsync_file(path)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the metadata of a safetensors file; errors name the file."""
+    if not path.is_file():
+        raise PretrainerError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a bad header
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PretrainerError(f"{path}: not a readable safetensors file ({reason})") from None
+    return tensors, metadata
+
+
+def _read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    tensors, metadata = _read_safetensors(path)
+    try:
+        aliases = json.loads(metadata.get(_TIED_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise PretrainerError(f"{path}: corrupt tied-weight metadata") from None
+    for alias, stored in aliases.items():
+        if stored not in tensors:
+            raise PretrainerError(f"{path}: tied weight {alias!r} refers to missing {stored!r}")
+        tensors[alias] = tensors[stored]
+    return _strip_wrapper_prefixes(tensors)
+
+
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool):
+    try:
+        return unwrap(model).load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        # torch lists every mismatch over many lines; the first few are enough to act on.
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise PretrainerError(f"{path}: weights do not fit this model: {detail[:300]}") from None
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the unwrapped model's weights to `path` atomically (run_dir/model.safetensors)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _model_tensors(model)
+    tmp = _tmp_name(path)
+    try:
+        _save_safetensors(tmp, tensors, {"format": "pt", _TIED_KEY: json.dumps(aliases)})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
+    """Load a weight file written by `save_weights` (tied weights are re-tied).
+
+    Returns torch's (missing_keys, unexpected_keys); with `strict` a mismatch is an error.
+    """
+    path = Path(path)
+    return _load_model_state(model, _read_model_state(path), path, strict)
+
+
+# ---------------------------------------------------------------- JSON with tensors
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    """Make `obj` JSON-able; tensors go to `tensors` under `extra.<n>` and leave a reference."""
+    if torch.is_tensor(obj):
+        key = f"extra.{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint state {where}: keys must be strings, got {k!r}")
+            out[k] = _encode(v, tensors, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint state {where}: cannot store {type(obj).__name__} in JSON")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__ndarray__", "dtype"}:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- RNG
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Torch (CPU and CUDA) RNG states as uint8 tensors; numpy and python states as JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return tensors, {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], states: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back into memory (model tensors on CPU, tied names re-filled)."""
+
+    path: Path
+    step: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict  # in torch's `Optimizer.state_dict()` format
+    extra: dict = field(default_factory=dict)
+    rng_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    rng_states: dict = field(default_factory=dict)
+
+
+def _step_of(folder: Path) -> int | None:
+    name = folder.name
+    if folder.is_dir() and name.startswith("step_") and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
+def _prune(ckpt_dir: Path, keep: int, current: int) -> None:
+    """Keep the newest `keep` checkpoints up to `current` (0 = keep all).
+
+    Folders with a larger step than `current` are left over from a run that crashed after
+    writing them and was resumed from an earlier checkpoint; they belong to an abandoned
+    timeline and are removed.
+    """
+    steps = sorted((s, p) for p in ckpt_dir.iterdir() if (s := _step_of(p)) is not None)
+    stale = [p for s, p in steps if s > current]
+    older = [p for s, p in steps if s <= current]
+    if keep > 0:
+        stale += older[:-keep]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None, extra_state: dict | None = None,
+                    keep: int = 2) -> Path:
+    """Write `run_dir/checkpoints/step_<step>/` atomically and point `latest` at it."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    for leftover in ckpt_dir.glob(".tmp-*"):  # from a save that was killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        tensors, aliases = _model_tensors(model)
+        _save_safetensors(tmp / "model.safetensors", tensors, {"format": "pt", _TIED_KEY: json.dumps(aliases)})
+
+        state_tensors, rng_json = rng_state()
+        opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
+        scalars = {}
+        for idx, param_state in opt["state"].items():
+            for key, value in param_state.items():
+                if torch.is_tensor(value):
+                    state_tensors[f"state.{idx}.{key}"] = value.detach().contiguous()
+                else:
+                    scalars[f"{idx}.{key}"] = value
+        extra = _encode(extra_state or {}, state_tensors, "extra_state")
+        _save_safetensors(tmp / "optimizer.safetensors", state_tensors, {"format": "pt"})
+
+        state = {"format": FORMAT, "step": int(step),
+                 "optimizer": {"param_groups": _encode(opt["param_groups"], {}, "param_groups"),
+                               "scalars": _encode(scalars, {}, "optimizer state")},
+                 "rng": rng_json, "extra": extra}
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        _fsync_file(tmp / "state.json")
+        _fsync_dir(tmp)
+
+        final = ckpt_dir / name
+        if final.exists():  # an orphan of a crashed run (never `latest` while we run)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(ckpt_dir)
+    atomic_write_text(ckpt_dir / "latest", name + "\n")
+    _prune(ckpt_dir, keep, step)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read one checkpoint folder; a missing or damaged file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PretrainerError(f"{path}: checkpoint folder not found")
+    state_path = path / "state.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if state.get("format") != FORMAT:
+            raise ValueError(f"unknown format {state.get('format')!r}")
+    except FileNotFoundError:
+        raise PretrainerError(f"{state_path}: file not found") from None
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise PretrainerError(f"{state_path}: corrupt checkpoint state ({e})") from None
+    model_state = _read_model_state(path / "model.safetensors")
+    tensors, _ = _read_safetensors(path / "optimizer.safetensors")
+
+    try:
+        opt_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("state."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        for key, value in state["optimizer"]["scalars"].items():
+            idx, name = key.split(".", 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+        groups = state["optimizer"]["param_groups"]
+        for g in groups:
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+        return Checkpoint(
+            path=path, step=int(state["step"]), model_state=model_state,
+            optimizer_state={"state": opt_state, "param_groups": groups},
+            extra=_decode(state["extra"], tensors),
+            rng_tensors={k: v for k, v in tensors.items() if k.startswith("rng.")},
+            rng_states=state["rng"])
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise PretrainerError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+
+
+def latest_checkpoint_path(run_dir: str | os.PathLike) -> Path | None:
+    """The folder `checkpoints/latest` names, or None when there is no checkpoint."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        return None
+    name = latest.read_text(encoding="utf-8").strip()
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise PretrainerError(f"{latest}: does not name a checkpoint folder (found {name!r})")
+    return ckpt_dir / name
+
+
+def load_latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:
+    path = latest_checkpoint_path(run_dir)
+    return None if path is None else load_checkpoint(path)
+
+
+def restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+            *, rng: bool = True) -> dict:
+    """Put the checkpoint's weights, optimizer state and RNG states back; return `extra_state`.
+
+    The caller restores what lives in `extra_state` (schedule, data loader position) itself.
+    """
+    _load_model_state(model, checkpoint.model_state, checkpoint.path / "model.safetensors", strict=True)
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except (ValueError, KeyError) as e:
+            raise PretrainerError(f"{checkpoint.path}: optimizer state does not fit this model ({e})") from None
+    if rng:
+        set_rng_state(checkpoint.rng_tensors, checkpoint.rng_states)
+    return checkpoint.extra

@@ -1,0 +1,298 @@
+"""The one training loop, shared by pre-training and fine-tuning.
+
+`train_step` takes one optimizer step over `accum` micro-batches; `fit` repeats it under
+the learning-rate schedule, logs, evaluates, checkpoints, and resumes exactly where a
+checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pretrainer.errors import PretrainerError
+from pretrainer.training.checkpoint import (load_latest_checkpoint, restore, save_checkpoint,
+                                            save_weights, unwrap)
+from pretrainer.training.logging import MetricsLogger, Progress
+from pretrainer.training.optim import build_optimizer
+from pretrainer.training.precision import autocast, grad_scaler, resolve_device, set_threads
+from pretrainer.training.schedule import LRSchedule, parse_duration
+
+
+@dataclass
+class FitResult:
+    step: int                    # optimizer steps taken in total (across resumes)
+    metrics: dict                # training metrics averaged over the last logging window
+    eval_history: list[dict] = field(default_factory=list)  # [{"step": s, **eval metrics}]
+    elapsed: float = 0.0         # training seconds, across resumes
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: torch.optim.Optimizer,
+               accum: int = 1, autocast_ctx=None, grad_clip: float = 0.0, *,
+               scaler: torch.amp.GradScaler | None = None, device: torch.device | None = None) -> dict:
+    """One optimizer step over `accum` micro-batches drawn from `batches`.
+
+    Each micro-batch loss is divided by `accum`, so with mean-reduced losses the gradient
+    equals that of one batch `accum` times larger. Returns plain floats: the objective's
+    metrics averaged over micro-batches, `grad_norm` (before clipping) and `n_tokens`
+    summed. `autocast_ctx` is a re-enterable context manager (see `precision.autocast`).
+    """
+    autocast_ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
+    sums: dict[str, torch.Tensor | float] = {}
+    n_tokens = 0
+    for i in range(accum):
+        batch = next(batches)
+        if device is not None:
+            batch = _to_device(batch, device)
+        # DDP all-reduces gradients in backward; only the last micro-batch needs to.
+        last = i == accum - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast_ctx:
+                out = objective(model, batch)
+            loss = out["loss"] / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for key, value in out.items():
+            if key == "n_tokens":
+                n_tokens += int(value)
+            elif torch.is_tensor(value) or isinstance(value, (int, float)):
+                # Summed as tensors so the GPU is synchronised once per step, not per metric.
+                value = value.detach().float() if torch.is_tensor(value) else float(value)
+                sums[key] = sums.get(key, 0.0) + value
+
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        grad_norm = torch.zeros(())
+    elif grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None],
+            grad_clip, foreach=True)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    metrics = {key: float(value) / accum for key, value in sums.items()}
+    metrics["grad_norm"] = float(grad_norm)
+    metrics["n_tokens"] = n_tokens
+    return metrics
+
+
+class _Window:
+    """Training metrics since the last log line; time counts only inside `train_step`."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def add(self, metrics: dict, seconds: float) -> None:
+        for key, value in metrics.items():
+            if key != "n_tokens":
+                self.sums[key] = self.sums.get(key, 0.0) + value
+        self.tokens += metrics["n_tokens"]
+        self.steps += 1
+        self.seconds += seconds
+
+    def means(self) -> dict:
+        return {key: value / self.steps for key, value in self.sums.items()}
+
+    def tokens_per_s(self) -> float | None:
+        return self.tokens * world_size() / self.seconds if self.seconds > 0 else None
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(log: Callable[[str], None]):
+    """Turn the first Ctrl-C into a flag the loop checks between steps.
+
+    Stopping mid-step would leave the weights, optimizer and data position out of step
+    with each other; between steps they agree and a checkpoint resumes exactly. A second
+    Ctrl-C stops at once.
+    """
+    requested = [False]
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield lambda: False
+        return
+
+    def on_sigint(signum, frame):
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+        log("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: requested[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _place_model(model: nn.Module, impl_cfg) -> torch.device:
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return next(model.parameters()).device  # placed by whoever wrapped it
+    device = resolve_device(impl_cfg)
+    model.to(device)
+    return device
+
+
+def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir,
+        eval_fn: Callable[[nn.Module], dict] | None = None, resume: bool = False,
+        total_steps: int | None = None, log: Callable[[str], None] = print, *,
+        clock: Callable[[], float] = time.monotonic) -> FitResult:
+    """Train `model` on `objective(model, batch)` over the infinite iterator `train_batches`.
+
+    Length: `train_cfg.budget` (wall clock) if set, else `total_steps` if given (the
+    caller converts epochs to steps), else `train_cfg.max_steps`. `eval_fn(model) -> dict`
+    runs every `eval_every` steps and at the end; a checkpoint is written every
+    `save_every` steps and at the end; the final weights go to `run_dir/model.safetensors`.
+    `model` may be DDP-wrapped; only rank 0 writes files. `clock` is injectable for tests.
+    """
+    run_dir = Path(run_dir)
+    main = is_main_process()
+    set_threads(impl_cfg)
+    device = _place_model(model, impl_cfg)
+
+    budget_s = parse_duration(train_cfg.budget) if train_cfg.budget else None
+    if budget_s is None and total_steps is None:
+        if train_cfg.epochs > 0:
+            raise ValueError("train.epochs is set: the caller must pass total_steps")
+        total_steps = train_cfg.max_steps
+    if budget_s is not None:
+        total_steps = None
+
+    optimizer = build_optimizer(model, train_cfg, device)
+    schedule = LRSchedule.from_config(optimizer, train_cfg, total_steps=total_steps,
+                                      budget_s=budget_s, clock=clock)
+    scaler = grad_scaler(impl_cfg, device)
+    autocast_ctx = autocast(impl_cfg, device)
+
+    step = 0
+    if resume:
+        ckpt = load_latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from")
+        state = restore(ckpt, model, optimizer)  # weights, optimizer, RNG
+        schedule.load_state_dict(state["schedule"])
+        train_batches.load_state_dict(state["loader"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+        step = ckpt.step
+        if main:
+            log(f"resuming from {ckpt.path} at step {step}")
+
+    # Compile after the weights are final; `unwrap` sees through it for saving.
+    run_model = torch.compile(model) if impl_cfg.compile else model
+    logger = MetricsLogger(run_dir, enabled=main, resume_step=step if resume else None)
+    progress = Progress(total_steps=total_steps, budget_s=budget_s, start_step=step, enabled=main,
+                        bar=impl_cfg.progress, log_every=train_cfg.log_every, log=log)
+    eval_history: list[dict] = []
+    last_train: dict = {}
+    last_eval_step = last_saved_step = step if resume else None
+    window = _Window()
+
+    def log_train(lr: float) -> None:
+        nonlocal window, last_train
+        last_train = window.means()
+        logger.log(step, "train", last_train, elapsed=schedule.elapsed(), lr=lr,
+                   tokens_per_s=window.tokens_per_s())
+        window = _Window()
+
+    def evaluate() -> None:
+        nonlocal last_eval_step
+        inner = unwrap(model)
+        inner.eval()
+        with torch.no_grad(), autocast_ctx:
+            results = eval_fn(inner)
+        inner.train()
+        results = {k: float(v) if torch.is_tensor(v) else v for k, v in results.items()}
+        eval_history.append({"step": step, **results})
+        logger.log(step, "eval", results, elapsed=schedule.elapsed())
+        if main:
+            shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
+            progress.message(f"eval @ step {step}: {shown}")
+        last_eval_step = step
+
+    def checkpoint() -> None:
+        nonlocal last_saved_step
+        if main:
+            extra = {"schedule": schedule.state_dict(), "loader": train_batches.state_dict()}
+            if scaler is not None:
+                extra["grad_scaler"] = scaler.state_dict()
+            save_checkpoint(run_dir, step, model, optimizer, extra, keep=train_cfg.keep_checkpoints)
+        last_saved_step = step
+
+    run_model.train()
+    schedule.start()
+    run_started = clock()
+    try:
+        with _deferred_interrupt(log) as interrupted:
+            while not schedule.done():
+                lr = schedule.get_lr()
+                t0 = clock()
+                metrics = train_step(run_model, objective, train_batches, optimizer, train_cfg.accum,
+                                     autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device)
+                window.add(metrics, clock() - t0)
+                step += 1
+                schedule.step()
+                progress.update(step, metrics, lr=lr, tokens_per_s=window.tokens_per_s(),
+                                elapsed=schedule.elapsed(), run_elapsed=clock() - run_started)
+                if train_cfg.log_every and step % train_cfg.log_every == 0:
+                    log_train(lr)
+                # Evaluate before saving: eval may draw random numbers, and the checkpoint
+                # must hold the RNG state the next step will see.
+                if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+                    evaluate()
+                if train_cfg.save_every and step % train_cfg.save_every == 0:
+                    checkpoint()
+                if interrupted():
+                    if last_saved_step != step:
+                        checkpoint()
+                    if main:
+                        log(f"checkpoint saved at step {step}; continue with resume")
+                    raise KeyboardInterrupt
+
+            if window.steps:
+                log_train(lr)
+            if eval_fn is not None and last_eval_step != step:
+                evaluate()
+            if last_saved_step != step:
+                checkpoint()
+            if main:
+                save_weights(model, run_dir / "model.safetensors")
+    finally:
+        progress.close()
+        logger.close()
+
+    elapsed = schedule.elapsed()
+    if main:
+        log(f"trained {step} steps in {elapsed:.1f}s; weights in {run_dir / 'model.safetensors'}")
+    return FitResult(step=step, metrics=last_train, eval_history=eval_history, elapsed=elapsed)
