@@ -172,12 +172,14 @@ def _read_metrics(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             # A run still writing (or killed mid-write) leaves a partial last line.
             if lineno == len(lines):
                 continue
             raise PretrainerError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
+        # The trainer nests values under "metrics"; flat records are accepted too.
+        records.append({**record, **record.get("metrics", {})})
     return records
 
 

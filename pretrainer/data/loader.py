@@ -1,0 +1,289 @@
+"""Batches for self-supervised pre-training, cut from a prepared `TokenStream`.
+
+The stream is read as windows ("anchors") at a fixed stride; each epoch visits them in a
+seeded permutation, and rank r of world_size takes the r-th contiguous share of it. A
+batch depends only on (seed, epoch, position, rank), so `state_dict()` (epoch and
+position) is all a resumed run needs to continue exactly where it stopped.
+
+Layouts (T = seq_len, all ids long, all masks bool):
+- "mlm":     [CLS] seq_len-2 packed tokens [SEP]; documents inside are split by [SEP].
+- "clm":     seq_len+1 packed tokens; windows overlap by one so every token is a target once.
+- "mlm_nsp": [CLS] A [SEP] B [SEP] pad...; B follows A in its document (label 0) or comes
+             from another document (label 1), 50/50; A and B break at sentence starts.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pretrainer.data.shards import TokenStream
+from pretrainer.data.tokenizer import TextTokenizer
+from pretrainer.errors import PretrainerError
+
+KINDS = ("mlm", "mlm_nsp", "clm")
+# What each seeded draw is for, so the draws never share a random stream.
+DRAW_ORDER, DRAW_SHIFT, DRAW_PAIRS = 0, 1, 2
+EVAL_SEED = 20240601  # evaluation draws NSP pairs the same way every time
+
+
+def seed_words(*values: int) -> list[int]:
+    """Seed material for numpy: SeedSequence wants non-negative integers."""
+    return [int(v) % 2**64 for v in values]
+
+
+class EpochSampler:
+    """Which items each batch takes: a seeded permutation per epoch, a disjoint share per rank.
+
+    `next_indices()` returns the item indices of the next batch; `epoch` and `position`
+    (batches already taken in this epoch) are the whole resumable state.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = True):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if batch_size < 1:
+            raise PretrainerError(f"batch size must be at least 1, got {batch_size}")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.share = n_items // world_size  # equal shares: every rank takes the same number of steps
+        self.batches_per_epoch = (self.share // batch_size if drop_last
+                                  else -(-self.share // batch_size))
+        self.epoch = 0
+        self.position = 0
+        self._order_epoch, self._order = -1, np.zeros(0, dtype=np.int64)
+
+    def rng(self, *more: int) -> np.random.Generator:
+        """A generator fixed by (seed, epoch, *more); the same on every rank unless `more` says rank."""
+        return np.random.default_rng(seed_words(self.seed, self.epoch, *more))
+
+    def _rank_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            order = (self.rng(DRAW_ORDER).permutation(self.n_items) if self.shuffle
+                     else np.arange(self.n_items, dtype=np.int64))
+            self._order = order[self.rank * self.share:(self.rank + 1) * self.share]
+            self._order_epoch = self.epoch
+        return self._order
+
+    def next_indices(self) -> np.ndarray:
+        if self.batches_per_epoch == 0:
+            raise RuntimeError("no batches per epoch")
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = self._rank_order()
+        taken = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        self.position += 1
+        return taken
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class _Windows:
+    """Geometry of the anchors: `span` tokens needed from an anchor, `stride` between anchors."""
+
+    def __init__(self, length: int, span: int, stride: int):
+        self.stride = stride
+        self.count = (length - span) // stride + 1 if length >= span else 0
+        # Tokens left over after `count` windows; a random shift of up to this much moves the
+        # window borders every epoch without changing how many windows there are.
+        self.slack = length - span - (self.count - 1) * stride if self.count else 0
+
+
+class BatchBuilder:
+    """Turns anchor offsets into a batch of one layout (`kind`)."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, kind: str, tokenizer: TextTokenizer,
+                 whole_word: bool = False):
+        if kind not in KINDS:
+            raise PretrainerError(f"unknown batch kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5}[kind]
+        if seq_len < min_len:
+            raise PretrainerError(f"train.seq_len = {seq_len} is too short for {kind} (needs >= {min_len})")
+        self.stream, self.seq_len, self.kind = stream, seq_len, kind
+        self.tokenizer, self.whole_word = tokenizer, whole_word
+        if kind == "mlm":
+            self.span = self.stride = seq_len - 2
+        elif kind == "clm":
+            self.span, self.stride = seq_len + 1, seq_len
+        else:
+            # An NSP anchor only picks the document and sentence A starts in; pairs stay inside documents.
+            self.span, self.stride = 1, seq_len - 3
+            self.doc_ends = stream.doc_ends()
+            starts = stream.sentence_starts
+            self.sentence_starts = np.asarray(starts if starts is not None else stream.doc_starts)
+
+    def windows(self) -> _Windows:
+        return _Windows(len(self.stream), self.span, self.stride)
+
+    def build(self, starts: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        if self.kind == "clm":
+            return self.clm(starts, self.seq_len + 1)
+        if self.kind == "mlm":
+            return self.mlm(starts, self.seq_len - 2)
+        return self.mlm_nsp(starts, rng)
+
+    def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """(B, length) int64 tokens from each start."""
+        index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
+        return np.asarray(self.stream.tokens[index], dtype=np.int64)
+
+    def clm(self, starts: np.ndarray, length: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.from_numpy(self.gather(starts, length))}  # (B, T+1)
+
+    def mlm(self, starts: np.ndarray, body_len: int) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        ids = np.empty((len(starts), body_len + 2), dtype=np.int64)  # (B, T)
+        ids[:, 0] = tok.cls_id
+        ids[:, 1:-1] = self.gather(starts, body_len)
+        ids[:, -1] = tok.sep_id
+        return self._finish(ids, np.ones(ids.shape, dtype=bool))
+
+    def _finish(self, ids: np.ndarray, attention: np.ndarray, **extra: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": torch.from_numpy(ids),
+                 "attention_mask": torch.from_numpy(attention),
+                 "special_tokens_mask": torch.from_numpy(self.tokenizer.special_table[ids])}
+        if self.whole_word:
+            batch["word_starts"] = torch.from_numpy(self.tokenizer.word_starts(ids))
+        for name, value in extra.items():
+            batch[name] = torch.from_numpy(value)
+        return batch
+
+    def mlm_nsp(self, anchors: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        tok, tokens = self.tokenizer, self.stream.tokens
+        size = len(anchors)
+        ids = np.full((size, self.seq_len), tok.pad_id, dtype=np.int64)  # (B, T)
+        types = np.zeros((size, self.seq_len), dtype=np.int64)
+        attention = np.zeros((size, self.seq_len), dtype=bool)
+        labels = np.zeros(size, dtype=np.int64)
+        for row, anchor in enumerate(anchors):
+            (a0, a1), (b0, b1), labels[row] = self._pair(int(anchor), rng)
+            len_a, len_b = a1 - a0, b1 - b0
+            n = len_a + len_b + 3
+            ids[row, 0] = tok.cls_id
+            ids[row, 1:1 + len_a] = tokens[a0:a1]
+            ids[row, 1 + len_a] = tok.sep_id
+            ids[row, 2 + len_a:2 + len_a + len_b] = tokens[b0:b1]
+            ids[row, n - 1] = tok.sep_id
+            types[row, len_a + 2:n] = 1
+            attention[row, :n] = True
+        return self._finish(ids, attention, token_type_ids=types, next_sentence_label=labels)
+
+    def _pair(self, anchor: int, rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """Token ranges of A and B, and the label (0 = B follows A, 1 = B is from another document)."""
+        budget = self.seq_len - 3
+        starts, ends, sentences = self.stream.doc_starts, self.doc_ends, self.sentence_starts
+        doc = int(np.searchsorted(starts, anchor, side="right")) - 1
+        doc_start, doc_end = int(starts[doc]), int(ends[doc])
+        anchor = min(anchor, doc_end - 1)  # an anchor on the separator belongs to the document before
+        a0 = int(sentences[np.searchsorted(sentences, anchor, side="right") - 1])
+        region_end = min(a0 + budget, doc_end)
+        if region_end - a0 < 2:  # A's sentence is the document's last token: reach back for room
+            a0 = max(doc_start, region_end - budget)
+        want_random = rng.random() < 0.5
+        if region_end - a0 < 2:  # a one-token document cannot hold both halves
+            split, want_random = region_end, True
+        else:
+            inside = sentences[np.searchsorted(sentences, a0, side="right"):
+                               np.searchsorted(sentences, region_end, side="left")]
+            if not len(inside):  # one long sentence: split between words, not inside one
+                word_starts = self.tokenizer.word_starts(self.stream.tokens[a0 + 1:region_end])
+                inside = a0 + 1 + np.flatnonzero(word_starts)
+            split = int(rng.choice(inside)) if len(inside) else int(rng.integers(a0 + 1, region_end))
+        b_len = max(region_end - split, 1)
+        if not want_random:
+            return (a0, split), (split, region_end), 0
+        if len(starts) > 1:
+            other = int(rng.integers(len(starts) - 1))
+            other += other >= doc  # any document but this one
+        else:  # a one-document held-out set: the best "random" B is elsewhere in the same document
+            other = doc
+        first = np.searchsorted(sentences, starts[other], side="left")
+        last = np.searchsorted(sentences, ends[other], side="left")
+        b0 = int(sentences[rng.integers(first, last)]) if last > first else int(starts[other])
+        return (a0, split), (b0, min(b0 + b_len, int(ends[other]))), 1
+
+
+class PackedLMLoader:
+    """Infinite, resumable, rank-aware pre-training batches; see the module doc for layouts."""
+
+    def __init__(self, stream: TokenStream, batch_size: int, seq_len: int, kind: str,
+                 tokenizer: TextTokenizer, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 whole_word: bool = False):
+        if kind == "mlm_nsp" and stream.num_documents < 2:
+            raise PretrainerError("next-sentence prediction needs at least 2 training documents "
+                                  f"(the corpus has {stream.num_documents})")
+        self.builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word)
+        self.windows = self.builder.windows()
+        self.sampler = EpochSampler(self.windows.count, batch_size, seed, rank, world_size)
+        if self.sampler.batches_per_epoch == 0:
+            raise PretrainerError(
+                f"the training corpus is too small: {len(stream):,} tokens give {self.windows.count} "
+                f"sequences of train.seq_len = {seq_len}, fewer than train.batch_size = {batch_size}"
+                + (f" x {world_size} processes" if world_size > 1 else ""))
+        self.kind, self.batch_size, self.seq_len = kind, batch_size, seq_len
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.tokens_per_batch = batch_size * seq_len
+        self.batches_per_epoch = self.sampler.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        picked = self.sampler.next_indices()
+        # The shift depends on the epoch only: all ranks must cut the same windows.
+        shift = int(self.sampler.rng(DRAW_SHIFT).integers(self.windows.slack + 1))
+        starts = shift + picked * self.windows.stride
+        pair_rng = self.sampler.rng(DRAW_PAIRS, self.rank, self.sampler.position)
+        return self.builder.build(starts, pair_rng)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, tokenizer: TextTokenizer,
+                 max_batches: int = 0, whole_word: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Held-out batches in stream order, the same every time; at most max_batches (0 = all).
+
+    MLM batches carry `word_starts` by default: callers evaluating a whole-word objective
+    need not say so, and the lookup is cheap.
+
+    Windows start at 0 and do not shift. For mlm and clm a final shorter sequence holds the
+    tokens after the last full window, so every held-out token is scored even when the
+    held-out set is smaller than one window.
+    """
+    builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word)
+    windows = builder.windows()
+    n_batches = -(-windows.count // batch_size)
+    limit = max_batches if max_batches > 0 else None
+    produced = 0
+    for b in range(n_batches):
+        if limit is not None and produced >= limit:
+            return
+        starts = np.arange(b * batch_size, min((b + 1) * batch_size, windows.count)) * windows.stride
+        yield builder.build(starts, np.random.default_rng(seed_words(EVAL_SEED, b)))
+        produced += 1
+    if limit is not None and produced >= limit or kind == "mlm_nsp":
+        return
+    covered = windows.count * windows.stride + (1 if kind == "clm" and windows.count else 0)
+    left = len(stream) - covered
+    if kind == "mlm" and left >= 1 and not tokenizer.special_table[stream.tokens[covered:]].all():
+        yield builder.mlm(np.array([covered]), left)
+    elif kind == "clm" and left >= 1:
+        # The token before the tail is its first input, so its first token is still a target.
+        start = covered - 1 if covered else 0
+        if len(stream) - start >= 2:
+            yield builder.clm(np.array([start]), len(stream) - start)
