@@ -20,7 +20,8 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
     from pretrainer.api import pretrain
     from pretrainer.config import load_config
     from pretrainer.data.sources import news_articles, rotten_tomatoes, split_train_test
-    from pretrainer.evaluation.report import plot_label_efficiency, plot_training_curves, results_table
+    from pretrainer.evaluation.report import (plot_label_efficiency, plot_training_curves, results_table,
+                                              summarize)
     from pretrainer.transfer.finetune import finetune
 
     start = time.perf_counter()
@@ -79,8 +80,7 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
         ["init", "labels", "test accuracy", "macro-F1", "fine-tune time"])
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    summary = [{"init": r["init"], "labels": r["labels"], "mean": r["accuracy"], "std": 0.0, "n": 1} for r in rows]
-    plot_label_efficiency(summary, out / "label_efficiency.png", metric="accuracy",
+    plot_label_efficiency(summarize(rows, ["init", "labels"], "accuracy"), out / "label_efficiency.png", metric="accuracy",
                           title="Rotten Tomatoes: pre-trained vs from scratch")
     plot_training_curves(pretrain_dir / "metrics.jsonl", out / "pretraining_loss.png")
     log("")
