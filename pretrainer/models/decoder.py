@@ -75,8 +75,8 @@ class GPT(nn.Module):
         if T > self.config.max_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_len = {self.config.max_len}")
         x = self.drop(self.wte(input_ids) + self.wpe.weight[:T])  # (B, T, C)
-        if attention_mask is None:
-            mask, is_causal = None, True
+        if attention_mask is None or bool(attention_mask.all()):
+            mask, is_causal = None, True  # no padding: the fast causal kernel
         else:
             # SDPA takes either is_causal or a mask, so fold both into one (B, 1, T, T) mask.
             # The diagonal stays open so a pad query never has zero keys (NaN); real positions
