@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-dist test-all install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Multi-process torch.distributed tests (gloo, 2 processes on the CPU): CI's second step.
+test-dist: $(STAMP)
+	$(PY) -m pytest -q -m distributed
 
 # Slow and multi-process tests too (the second CI step).
 test-all: $(STAMP)

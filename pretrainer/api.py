@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,11 +28,30 @@ def prepare(cfg: Config, log=print):
 
 
 def pretrain(cfg: Config, resume: bool = False, log=print):
-    """Self-supervised pre-training with the objective in `cfg.objective`; returns the fit result."""
+    """Self-supervised pre-training with the objective in `cfg.objective`; returns the fit result.
+
+    Under `torchrun --nproc_per_node=N` each process trains on its own share of every
+    global batch (batch_size * N * accum sequences); see `training.distributed`.
+    """
+    import torch.distributed as dist
+
+    from pretrainer.training.distributed import init_distributed, shutdown_distributed
+
+    started_here = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(cfg.impl)  # a no-op unless launched by torchrun
+    try:
+        return _pretrain(cfg, resume, log if info.is_main else (lambda *_: None), info)
+    finally:
+        if started_here:
+            shutdown_distributed()
+
+
+def _pretrain(cfg: Config, resume: bool, log, info):
     from pretrainer.data.loader import PackedLMLoader, eval_batches
     from pretrainer.models import build_model, model_config_dict
     from pretrainer.registry import OBJECTIVES
     from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.training.distributed import barrier
     from pretrainer.training.loop import fit
     from pretrainer.training.precision import set_determinism, set_threads
 
@@ -41,31 +61,49 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
                               f"or choose another --run.dir")
     set_threads(cfg.impl)
     set_determinism(cfg.impl, cfg.run.seed)
+    init_model = None
+    if cfg.run.init:
+        # Continued pre-training: the architecture, weights and tokenizer come from the checkpoint.
+        from pretrainer.models.hf import load_pretrained
+
+        init_model, _, source = load_pretrained(cfg.run.init)
+        init_model = getattr(init_model, "backbone", init_model)
+        if not cfg.tokenizer.path:
+            cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(
+                cfg.tokenizer, path=str(_init_tokenizer_file(cfg.run.init))))
+        log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
+    if not info.is_main:
+        barrier()  # rank 0 prepares the shared cache first; the others then read it
     corpus = prepare(cfg, log=log)
+    if info.is_main:
+        barrier()
     tokenizer = corpus.tokenizer
 
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, tokenizer.vocab_size)
+    model = init_model if init_model is not None else build_model(cfg.model, tokenizer.vocab_size)
     _check_fits(cfg, model)
-    _maybe_init_from(cfg, model, log)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
-    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
-    tokenizer.save(run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+        atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+        tokenizer.save(run_dir)
 
     kind = objective.batch_kind
+    # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
     batches = PackedLMLoader(corpus.train, cfg.train.batch_size, cfg.train.seq_len, kind, tokenizer,
-                             seed=cfg.run.seed, whole_word=cfg.objective.whole_word)
+                             seed=cfg.run.seed, rank=info.rank, world_size=info.world_size,
+                             whole_word=cfg.objective.whole_word)
 
     def evaluate_heldout(m):
         return objective.evaluate(m, eval_batches(corpus.eval, cfg.train.batch_size, cfg.train.seq_len,
                                                   kind, tokenizer, max_batches=cfg.train.eval_batches))
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}; "
-        f"run dir {run_dir}")
+    procs = f"; {info.world_size} processes ({cfg.impl.parallel})" if info.world_size > 1 else ""
+    log(f"model {model.config.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}; "
+        f"run dir {run_dir}{procs}")
     return fit(model, objective, batches, cfg.train, cfg.impl, run_dir, eval_fn=evaluate_heldout,
                resume=resume, log=log)
 
@@ -77,15 +115,14 @@ def _check_fits(cfg: Config, model) -> None:
         raise PretrainerError(f"train.seq_len = {cfg.train.seq_len} is longer than model.max_len = {max_len}")
 
 
-def _maybe_init_from(cfg: Config, model, log) -> None:
-    """Continued pre-training: start from the weights of an earlier run (run.init)."""
-    init = getattr(cfg.run, "init", "")
-    if not init:
-        return
-    from pretrainer.training.checkpoint import load_weights
+def _init_tokenizer_file(spec: str) -> Path:
+    """The tokenizer file of an `init` checkpoint (a run dir, hf:PATH or pkg:NAME)."""
+    from pretrainer.data.tokenizer import tokenizer_file
+    from pretrainer.models.hf import PACKAGED
 
-    load_weights(model, Path(init) / "model.safetensors", strict=False)
-    log(f"initialised from {init}")
+    if spec.startswith("pkg:"):
+        return tokenizer_file(PACKAGED[spec[len("pkg:"):]]())
+    return tokenizer_file(spec[len("hf:"):] if spec.startswith("hf:") else spec)
 
 
 def load_run(run_dir: str | Path):

@@ -1,9 +1,12 @@
 """Batches for self-supervised pre-training, cut from a prepared `TokenStream`.
 
 The stream is read as windows ("anchors") at a fixed stride; each epoch visits them in a
-seeded permutation, and rank r of world_size takes the r-th contiguous share of it. A
-batch depends only on (seed, epoch, position, rank), so `state_dict()` (epoch and
-position) is all a resumed run needs to continue exactly where it stopped.
+seeded permutation, consumed in global batches of batch_size * world_size: rank r takes
+items r, r + W, r + 2W, ... of each global batch. A batch depends only on (seed, epoch,
+position, rank), so `state_dict()` (epoch and position) is all a resumed run needs to
+continue exactly where it stopped. The position counts *global* items, so a checkpoint
+written by W processes resumes in any other number without replaying or skipping an item
+(with the same global batch, e.g. 2 x 8 -> 1 x 16, the batches are the very same).
 
 Layouts (T = seq_len, all ids long, all masks bool):
 - "mlm":     [CLS] seq_len-2 packed tokens [SEP]; documents inside are split by [SEP].
@@ -35,10 +38,17 @@ def seed_words(*values: int) -> list[int]:
 
 
 class EpochSampler:
-    """Which items each batch takes: a seeded permutation per epoch, a disjoint share per rank.
+    """Which items each batch takes: a seeded permutation per epoch, read in global batches.
 
-    `next_indices()` returns the item indices of the next batch; `epoch` and `position`
-    (batches already taken in this epoch) are the whole resumable state.
+    A global batch is `batch_size * world_size` consecutive items of the epoch's order;
+    rank r takes every W-th of them, starting at r, so the ranks' batches are disjoint and
+    together make the batch one process with `batch_size * W` would take. `next_indices()`
+    returns this rank's item indices for the next batch; `epoch` and `position` (items of
+    the epoch already taken by all ranks together) are the whole resumable state, and the
+    same on every rank.
+
+    An epoch uses `(n_items // W) * W` items, so every rank takes the same number of
+    batches; with `drop_last` it ends after the last full global batch.
     """
 
     def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -48,10 +58,13 @@ class EpochSampler:
         if batch_size < 1:
             raise PretrainerError(f"batch size must be at least 1, got {batch_size}")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.share = n_items // world_size  # equal shares: every rank takes the same number of steps
-        self.batches_per_epoch = (self.share // batch_size if drop_last
-                                  else -(-self.share // batch_size))
+        self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
+        self.global_batch = batch_size * world_size
+        share = n_items // world_size  # items per rank per epoch
+        self.batches_per_epoch = (share // batch_size if drop_last
+                                  else -(-share // batch_size))
+        self.epoch_items = (self.batches_per_epoch * self.global_batch if drop_last
+                            else share * world_size)
         self.epoch = 0
         self.position = 0
         self._order_epoch, self._order = -1, np.zeros(0, dtype=np.int64)
@@ -60,29 +73,34 @@ class EpochSampler:
         """A generator fixed by (seed, epoch, *more); the same on every rank unless `more` says rank."""
         return np.random.default_rng(seed_words(self.seed, self.epoch, *more))
 
-    def _rank_order(self) -> np.ndarray:
+    def _epoch_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
-            order = (self.rng(DRAW_ORDER).permutation(self.n_items) if self.shuffle
-                     else np.arange(self.n_items, dtype=np.int64))
-            self._order = order[self.rank * self.share:(self.rank + 1) * self.share]
+            self._order = (self.rng(DRAW_ORDER).permutation(self.n_items) if self.shuffle
+                           else np.arange(self.n_items, dtype=np.int64))
             self._order_epoch = self.epoch
         return self._order
 
     def next_indices(self) -> np.ndarray:
         if self.batches_per_epoch == 0:
             raise RuntimeError("no batches per epoch")
-        if self.position >= self.batches_per_epoch:
+        # A position saved under another world size may leave a stub at the end of the
+        # epoch; it is dropped so that every rank still gets a batch (a full one with drop_last).
+        if self.position + (self.global_batch if self.drop_last else self.world_size) > self.epoch_items:
             self.epoch, self.position = self.epoch + 1, 0
-        order = self._rank_order()
-        taken = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-        self.position += 1
-        return taken
+        end = min(self.position + self.global_batch, self.epoch_items)
+        window = self._epoch_order()[self.position:end]
+        self.position = end
+        return window[self.rank::self.world_size]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "samples": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.epoch = int(state["epoch"])
+        if "samples" in state:
+            self.position = int(state["samples"])
+        else:  # written before positions were global: batches of one process
+            self.position = int(state["position"]) * self.batch_size
 
 
 class _Windows:

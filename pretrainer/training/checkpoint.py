@@ -36,9 +36,10 @@ _TIED_KEY = "pretrainer.tied"  # safetensors metadata: JSON {dropped name: store
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / DataParallel / torch.compile wrappers."""
+    """The plain module inside DDP / DataParallel / torch.compile / `distributed.ObjectiveStep` wrappers."""
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if (isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+                or getattr(model, "is_module_wrapper", False)):
             model = model.module
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             model = model._orig_mod
@@ -104,14 +105,14 @@ def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The unwrapped model's state dict with each shared tensor once.
+def _model_tensors(model: nn.Module | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The unwrapped model's state dict (or the given one) with each shared tensor once.
 
     safetensors refuses tensors that share memory, so a tied weight (e.g. the LM head
     reusing the embedding matrix) is stored under its first name and the other names are
     returned as aliases. A tensor that is a different view of shared memory is copied.
     """
-    state = _strip_wrapper_prefixes(unwrap(model).state_dict())
+    state = _strip_wrapper_prefixes(model if isinstance(model, dict) else unwrap(model).state_dict())
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first_by_identity: dict[tuple, str] = {}
@@ -176,8 +177,8 @@ def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
         raise PretrainerError(f"{path}: weights do not fit this model: {detail[:300]}") from None
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the unwrapped model's weights to `path` atomically (run_dir/model.safetensors)."""
+def save_weights(model: nn.Module | dict, path: str | os.PathLike) -> None:
+    """Write the unwrapped model's weights (or a full state dict) to `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _model_tensors(model)
@@ -304,10 +305,13 @@ def _prune(ckpt_dir: Path, keep: int, current: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None, extra_state: dict | None = None,
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | dict,
+                    optimizer: torch.optim.Optimizer | dict | None, extra_state: dict | None = None,
                     keep: int = 2) -> Path:
-    """Write `run_dir/checkpoints/step_<step>/` atomically and point `latest` at it."""
+    """Write `run_dir/checkpoints/step_<step>/` atomically and point `latest` at it.
+
+    `model` and `optimizer` may be given as their (full, gathered) state dicts instead.
+    """
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
@@ -320,7 +324,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module,
         _save_safetensors(tmp / "model.safetensors", tensors, {"format": "pt", _TIED_KEY: json.dumps(aliases)})
 
         state_tensors, rng_json = rng_state()
-        opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
+        opt = (optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+               if optimizer is not None else {"state": {}, "param_groups": []})
         scalars = {}
         for idx, param_state in opt["state"].items():
             for key, value in param_state.items():

@@ -20,11 +20,13 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrainer.errors import PretrainerError
-from pretrainer.training.checkpoint import (load_latest_checkpoint, restore, save_checkpoint,
-                                            save_weights, unwrap)
+from pretrainer.training.checkpoint import load_latest_checkpoint, save_checkpoint, save_weights, unwrap
+from pretrainer.training.distributed import (barrier, call_objective, full_state, full_tensor,
+                                             init_distributed, mean_over_ranks, parallelize,
+                                             rank0_says, restore_checkpoint, share_lrs)
 from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
-from pretrainer.training.precision import autocast, grad_scaler, resolve_device, set_threads
+from pretrainer.training.precision import autocast, grad_scaler, set_threads
 from pretrainer.training.schedule import LRSchedule, parse_duration
 
 
@@ -70,7 +72,7 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast_ctx:
-                out = objective(model, batch)
+                out = call_objective(model, objective, batch)  # through DDP/FSDP's forward
             loss = out["loss"] / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for key, value in out.items():
@@ -83,15 +85,14 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
 
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
         grad_norm = torch.zeros(())
-    elif grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None],
-            grad_clip, foreach=True)
     else:
-        grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        # Under FSDP the norm of local shards is a DTensor; full_tensor makes it global.
+        grad_norm = full_tensor(torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True))
+        if grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm, foreach=True)
     if scaler is not None:
         scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
         scaler.update()
@@ -99,6 +100,7 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
+    sums = mean_over_ranks(sums)  # report the global batch's loss, not rank 0's
     metrics = {key: float(value) / accum for key, value in sums.items()}
     metrics["grad_norm"] = float(grad_norm)
     metrics["n_tokens"] = n_tokens
@@ -156,14 +158,6 @@ def _deferred_interrupt(log: Callable[[str], None]):
         signal.signal(signal.SIGINT, previous)
 
 
-def _place_model(model: nn.Module, impl_cfg) -> torch.device:
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return next(model.parameters()).device  # placed by whoever wrapped it
-    device = resolve_device(impl_cfg)
-    model.to(device)
-    return device
-
-
 def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir,
         eval_fn: Callable[[nn.Module], dict] | None = None, resume: bool = False,
         total_steps: int | None = None, log: Callable[[str], None] = print, *,
@@ -174,12 +168,14 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     caller converts epochs to steps), else `train_cfg.max_steps`. `eval_fn(model) -> dict`
     runs every `eval_every` steps and at the end; a checkpoint is written every
     `save_every` steps and at the end; the final weights go to `run_dir/model.safetensors`.
-    `model` may be DDP-wrapped; only rank 0 writes files. `clock` is injectable for tests.
+    Under torchrun the model is wrapped by `distributed.parallelize` (DDP or FSDP2) before
+    compile; only rank 0 writes files. `clock` is injectable for tests.
     """
     run_dir = Path(run_dir)
-    main = is_main_process()
     set_threads(impl_cfg)
-    device = _place_model(model, impl_cfg)
+    device = init_distributed(impl_cfg).device
+    main = is_main_process()
+    model = parallelize(model, impl_cfg, device)  # the optimizer must see FSDP's sharded parameters
 
     budget_s = parse_duration(train_cfg.budget) if train_cfg.budget else None
     if budget_s is None and total_steps is None:
@@ -200,7 +196,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         ckpt = load_latest_checkpoint(run_dir)
         if ckpt is None:
             raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from")
-        state = restore(ckpt, model, optimizer)  # weights, optimizer, RNG
+        state = restore_checkpoint(ckpt, model, optimizer)  # weights, optimizer, RNG
         schedule.load_state_dict(state["schedule"])
         train_batches.load_state_dict(state["loader"])
         if scaler is not None and "grad_scaler" in state:
@@ -231,7 +227,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         inner = unwrap(model)
         inner.eval()
         with torch.no_grad(), autocast_ctx:
-            results = eval_fn(inner)
+            # Through the wrapper's forward: FSDP gathers the parameters there.
+            results = call_objective(model, lambda m, _: eval_fn(m), None)
         inner.train()
         results = {k: float(v) if torch.is_tensor(v) else v for k, v in results.items()}
         eval_history.append({"step": step, **results})
@@ -243,11 +240,15 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
 
     def checkpoint() -> None:
         nonlocal last_saved_step
+        model_state, optimizer_state = full_state(model, optimizer)  # FSDP: gathered on rank 0
         if main:
+            # The loader's position counts global samples, so rank 0's state is every rank's.
             extra = {"schedule": schedule.state_dict(), "loader": train_batches.state_dict()}
             if scaler is not None:
                 extra["grad_scaler"] = scaler.state_dict()
-            save_checkpoint(run_dir, step, model, optimizer, extra, keep=train_cfg.keep_checkpoints)
+            save_checkpoint(run_dir, step, model_state, optimizer_state, extra,
+                            keep=train_cfg.keep_checkpoints)
+        barrier()
         last_saved_step = step
 
     run_model.train()
@@ -255,7 +256,10 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     run_started = clock()
     try:
         with _deferred_interrupt(log) as interrupted:
-            while not schedule.done():
+            # Rank 0's clock decides when a time budget is spent, and its rates are used.
+            while not rank0_says(schedule.done()):
+                if schedule.by_time:
+                    share_lrs(optimizer)
                 lr = schedule.get_lr()
                 t0 = clock()
                 metrics = train_step(run_model, objective, train_batches, optimizer, train_cfg.accum,
@@ -273,7 +277,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                     evaluate()
                 if train_cfg.save_every and step % train_cfg.save_every == 0:
                     checkpoint()
-                if interrupted():
+                if rank0_says(interrupted()):
                     if last_saved_step != step:
                         checkpoint()
                     if main:
@@ -286,8 +290,9 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                 evaluate()
             if last_saved_step != step:
                 checkpoint()
+            final_state, _ = full_state(model)
             if main:
-                save_weights(model, run_dir / "model.safetensors")
+                save_weights(final_state, run_dir / "model.safetensors")
     finally:
         progress.close()
         logger.close()
