@@ -36,6 +36,7 @@ from pretrainer.errors import PretrainerError
 from pretrainer.models.decoder import GPTConfig
 from pretrainer.models.encoder import BertConfig
 from pretrainer.models.heads import SequenceClassifier
+from pretrainer.training.checkpoint import fsync_path
 from pretrainer.registry import MODELS
 
 IMPORT_FORMAT = "pretrainer-hf-import/1"
@@ -708,19 +709,6 @@ def _trained_parts(run_dir: Path, family: HFFamily) -> frozenset | None:
 # ---------------------------------------------------------------- atomic folders
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_folder_atomically(target: Path, write: Callable[[Path], None], overwrite: bool) -> None:
     """Build the folder under a hidden temporary name beside `target`, then rename it into place.
 
@@ -740,8 +728,8 @@ def _write_folder_atomically(target: Path, write: Callable[[Path], None], overwr
         write(tmp)
         for path in tmp.rglob("*"):
             if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
+                fsync_path(path)
+        fsync_path(tmp)
         if target.is_dir() and any(target.iterdir()):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
@@ -753,4 +741,4 @@ def _write_folder_atomically(target: Path, write: Callable[[Path], None], overwr
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(target.parent)
+    fsync_path(target.parent)

@@ -50,7 +50,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -87,7 +87,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -189,7 +189,7 @@ def save_weights(model: nn.Module | dict, path: str | os.PathLike) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
@@ -342,7 +342,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
                  "rng": rng_json, "extra": extra}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
         _fsync_file(tmp / "state.json")
-        _fsync_dir(tmp)
+        fsync_path(tmp)
 
         final = ckpt_dir / name
         if final.exists():  # an orphan of a crashed run (never `latest` while we run)
@@ -351,7 +351,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(ckpt_dir)
+    fsync_path(ckpt_dir)
     atomic_write_text(ckpt_dir / "latest", name + "\n")
     _prune(ckpt_dir, keep, step)
     return final

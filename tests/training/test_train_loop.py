@@ -126,7 +126,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     straight = _toy_train(tmp_path / "straight")
     killed = _toy_train(tmp_path / "killed")
     latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # generous: a busy machine can starve the child for a while
     while not latest.exists():
         assert killed.poll() is None, killed.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint appeared"
