@@ -3,7 +3,6 @@
 import gzip
 import json
 
-import pytest
 
 from pretrainer.cli.main import main
 

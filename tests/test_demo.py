@@ -2,7 +2,6 @@
 
 import random
 
-import pytest
 
 import pretrainer.cli.demo as demo_module
 import pretrainer.data.sources as sources

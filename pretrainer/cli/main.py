@@ -104,7 +104,7 @@ def _run(args, overrides: list[str]) -> int:
         print(f"imported {args.hf_dir} -> {args.run_dir}")
         return 0
     if args.command == "export":
-        from pretrainer.models.hf import export_hf
+        from pretrainer.models.hf_export import export_hf
 
         out = export_hf(args.run_dir, args.out_dir, architecture=args.architecture, overwrite=args.overwrite)
         print(f"exported {args.run_dir} -> {out} (loads with transformers' Auto classes)")

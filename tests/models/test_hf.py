@@ -15,8 +15,9 @@ from pretrainer.config import Config, ObjectiveConfig, TokenizerConfig, save_con
 from pretrainer.data.tokenizer import train_tokenizer  # noqa: E402
 from pretrainer.errors import PretrainerError  # noqa: E402
 from pretrainer.models import BertModel, SequenceClassifier, build_model, model_config_dict  # noqa: E402
-from pretrainer.models.hf import (BERT, export_hf, import_hf, import_to_run_dir, load_pretrained,  # noqa: E402
-                                  save_hf)
+from pretrainer.models.hf import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
+from pretrainer.models.hf_export import export_hf, save_hf  # noqa: E402
+from pretrainer.models.hf_layout import BERT  # noqa: E402
 from pretrainer.training.checkpoint import save_weights  # noqa: E402
 
 transformers.logging.set_verbosity_error()  # the assertions below check loading reports themselves

@@ -1,0 +1,194 @@
+"""Hugging Face export: a run directory -> config.json, model.safetensors and tokenizer files
+that `transformers`' Auto classes load offline. transformers itself is never imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, processors
+
+from pretrainer.errors import PretrainerError
+from pretrainer.models.heads import SequenceClassifier
+from pretrainer.models.hf_layout import (FAMILIES_BY_NAME, OBJECTIVE_PARTS, HFFamily, hf_names, read_json,
+                                         write_folder_atomically)
+
+# ---------------------------------------------------------------- export
+
+
+def hf_state_dict(model: nn.Module, family: HFFamily) -> dict[str, torch.Tensor]:
+    """Our weights under their full Hugging Face names (qkv split, Conv1D transposed)."""
+    out = {}
+    for key, t in model.state_dict().items():
+        names = hf_names(family, key)
+        for name, chunk in zip(names, t.chunk(len(names))):
+            out[name] = chunk.t() if family.transposed(name) else chunk
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
+
+
+def _tokens_by_id(vocab: dict[str, int], source: str) -> list[str]:
+    tokens = [None] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        tokens[i] = token
+    if None in tokens:
+        raise PretrainerError(f"{source}: token ids are not contiguous (id {tokens.index(None)} is unused); "
+                              f"vocab.txt cannot represent this vocabulary")
+    return tokens
+
+
+def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt (WordPiece) or
+    vocab.json + merges.txt (byte-level BPE), as `transformers.AutoTokenizer` expects them."""
+    from pretrainer.data.tokenizer import CLS, ENDOFTEXT, MASK, PAD, SEP, UNK
+
+    tok = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+    spec = json.loads(tok.to_str())
+    files = {}
+    if tokenizer.kind == "wordpiece":
+        # transformers adds [CLS] ... [SEP] by default; our tokenizer.json adds them in code instead.
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{CLS}:0 $A:0 {SEP}:0", pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+            special_tokens=[(CLS, tokenizer.cls_id), (SEP, tokenizer.sep_id)])
+        norm = spec.get("normalizer") or {}
+        lowercase = bool(norm.get("lowercase", False)) if norm.get("type") == "BertNormalizer" else False
+        specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+        settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
+                    "strip_accents": norm.get("strip_accents"),
+                    "tokenize_chinese_chars": bool(norm.get("handle_chinese_chars", True)), **specials}
+        files["vocab.txt"] = "\n".join(_tokens_by_id(tok.get_vocab(with_added_tokens=True), "tokenizer")) + "\n"
+    else:
+        if tok.post_processor is None:
+            tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        specials = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT, "pad_token": ENDOFTEXT}
+        pre = spec.get("pre_tokenizer") or {}
+        settings = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": bool(pre.get("add_prefix_space", False)),
+                    "add_bos_token": False, **specials}
+        with tempfile.TemporaryDirectory() as tmp:
+            tok.model.save(tmp)
+            files["vocab.json"] = (Path(tmp) / "vocab.json").read_text(encoding="utf-8")
+            files["merges.txt"] = (Path(tmp) / "merges.txt").read_text(encoding="utf-8")
+    settings.update(model_max_length=max_len, clean_up_tokenization_spaces=False)
+    files["tokenizer.json"] = tok.to_str(pretty=True)
+    files["tokenizer_config.json"] = json.dumps(settings, indent=2)
+    files["special_tokens_map.json"] = json.dumps(specials, indent=2)
+    return files
+
+
+def choose_architecture(family: HFFamily, is_classifier: bool, parts: frozenset | None = None) -> str:
+    """The Hugging Face class for an export: the smallest one holding `parts` (None = all we have)."""
+    if is_classifier:
+        if family.classifier_architecture is None:
+            raise PretrainerError(f"a {family.our_name} classifier has no Hugging Face equivalent (its head "
+                                  f"differs); export the backbone with architecture {family.base_architecture}")
+        return family.classifier_architecture
+    candidates = {a: p for a, p in family.architectures.items() if "classifier" not in p}
+    needed = frozenset().union(*candidates.values()) if parts is None else parts
+    fitting = [a for a, p in candidates.items() if needed <= p] or list(candidates)
+    return min(fitting, key=lambda a: len(candidates[a]))
+
+
+def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architecture: str | None = None,
+            labels: list[str] | None = None, overwrite: bool = False) -> Path:
+    """Write `model` + `tokenizer` as a Hugging Face folder; returns it.
+
+    `architecture` is the Hugging Face class named in config.json and decides which weights
+    are written (exactly those the class holds, so it loads without missing or unexpected
+    keys); the default is the class holding every weight we have (BertForPreTraining,
+    GPT2LMHeadModel) or BertForSequenceClassification for a classifier.
+    """
+    is_classifier = isinstance(model, SequenceClassifier)
+    backbone = model.backbone if is_classifier else model
+    name = backbone.config.name
+    if name not in FAMILIES_BY_NAME:
+        raise PretrainerError(f"model {name!r} has no Hugging Face export; exportable: {', '.join(FAMILIES_BY_NAME)}")
+    family = FAMILIES_BY_NAME[name]
+    architecture = architecture or choose_architecture(family, is_classifier)
+    if architecture not in family.architectures:
+        raise PretrainerError(f"architecture {architecture!r} is not available for {name}; choose one of: "
+                              f"{', '.join(family.architectures)}")
+    parts = family.architectures[architecture]
+    hf_cfg = family.config_to_hf(backbone.config)
+    if "classifier" in parts:
+        if not is_classifier:
+            raise PretrainerError(f"{architecture} needs a fine-tuned classifier run; this run has no classifier")
+        if model.pooling != "cls":
+            raise PretrainerError(f"{architecture} pools with the pooler on [CLS]; this classifier uses "
+                                  f"pooling = {model.pooling!r}, which Hugging Face BERT cannot express")
+        labels = labels or [f"LABEL_{i}" for i in range(model.num_labels)]
+        if len(labels) != model.num_labels:
+            raise PretrainerError(f"{len(labels)} label names for a classifier with {model.num_labels} labels")
+        hf_cfg.update(id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+                      classifier_dropout=model.dropout.p)
+    if "lm_head" in parts and backbone.config.tie_embeddings:
+        parts = parts - {"lm_head"}  # tied: transformers re-ties lm_head to wte, so it is not stored
+
+    state = {k: v for k, v in hf_state_dict(model, family).items() if family.part_of(k) in parts}
+    if architecture == family.base_architecture:
+        state = {k.removeprefix(family.base_prefix): v for k, v in state.items()}
+    eot = tokenizer.eos_id
+    special_ids = {"pad_token_id": tokenizer.pad_id}
+    if tokenizer.kind == "bytebpe":
+        special_ids.update(bos_token_id=eot, eos_token_id=eot)
+    hf_cfg.update(architectures=[architecture], dtype=str(next(iter(state.values())).dtype).removeprefix("torch."),
+                  **special_ids)
+    files = hf_tokenizer_files(tokenizer, backbone.config.max_len)
+
+    def write(folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps(dict(sorted(hf_cfg.items())), indent=2) + "\n",
+                                            encoding="utf-8")
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        for file_name, text in files.items():
+            (folder / file_name).write_text(text, encoding="utf-8")
+
+    out_dir = Path(out_dir)
+    write_folder_atomically(out_dir, write, overwrite)
+    return out_dir
+
+
+def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None,
+              overwrite: bool = False) -> Path:
+    """Export a run directory (pre-training, fine-tuned classifier, or imported) as a Hugging Face folder.
+
+    Without `architecture`, the class is the smallest that holds the weights the run trained:
+    BertForMaskedLM after MLM, BertForPreTraining after MLM+NSP, GPT2LMHeadModel after CLM,
+    BertForSequenceClassification for a classifier, and for an imported run the parts the
+    source checkpoint had (MiniLM: BertModel). Untrained heads are left out rather than
+    shipped as random weights. Label names come from results.json or imported_from.json.
+    """
+    from pretrainer.api import load_run
+
+    run_dir = Path(run_dir)
+    model, tokenizer = load_run(run_dir)
+    family = FAMILIES_BY_NAME.get(model.config.name)
+    if architecture is None and family is not None:
+        architecture = choose_architecture(family, isinstance(model, SequenceClassifier),
+                                           _trained_parts(run_dir, family))
+    labels = None
+    for record in ("results.json", "imported_from.json"):
+        if (run_dir / record).is_file():
+            labels = read_json(run_dir / record).get("labels")
+            if labels:
+                break
+    return save_hf(model, tokenizer, out_dir, architecture, labels=labels, overwrite=overwrite)
+
+
+def _trained_parts(run_dir: Path, family: HFFamily) -> frozenset | None:
+    """The parts of the run's model that hold trained weights, or None when that is unknown."""
+    import tomllib
+
+    if (run_dir / "config.toml").is_file():
+        try:
+            objective = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))["objective"]["name"]
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        return OBJECTIVE_PARTS.get(objective)
+    if (run_dir / "imported_from.json").is_file():
+        fresh = set(read_json(run_dir / "imported_from.json").get("fresh_parts", []))
+        return frozenset().union(*family.architectures.values()) - fresh - {"classifier"}
+    return None
