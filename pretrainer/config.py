@@ -365,18 +365,24 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), dump_toml(to_dict(cfg)))
 
 
-def help_text(cls: type = Config, prefix: str = "") -> list[str]:
+def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[str]:
     """One line per config key with its default and help, for `pretrainer config`."""
+    defaults = cls() if defaults is None else defaults
     out = []
-    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(tp) and not isinstance(default, (int, float, str)):
-            sub = type(default) if dataclasses.is_dataclass(default) else tp
-            out.extend(help_text(sub, prefix + f.name + "."))
+        value = getattr(defaults, f.name)
+        if f.type in (ModelConfig, "ModelConfig"):
+            # Each architecture has its own fields: list them per registered model.
+            from pretrainer.registry import MODELS
+
+            for name in MODELS.names():
+                out.append(f"# [model] with name = {name!r}:")
+                out.extend(help_text(MODELS.get(name).config_class, prefix + f.name + "."))
+            continue
+        if dataclasses.is_dataclass(value):
+            out.extend(help_text(type(value), prefix + f.name + ".", value))
             continue
         choices = f.metadata.get("choices")
         extra = f" [{'|'.join(choices)}]" if choices else ""
-        out.append(f"--{prefix}{f.name}={_toml_value(default)}  {f.metadata.get('help', '')}{extra}")
+        out.append(f"--{prefix}{f.name}={_toml_value(value)}  {f.metadata.get('help', '')}{extra}")
     return out

@@ -77,3 +77,12 @@ def test_recipes_load():
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml")):
         assert isinstance(load_config(path), Config)
         assert read_config_file(path)
+
+
+def test_help_lists_every_key_with_its_own_defaults():
+    from pretrainer.config import help_text
+
+    lines = help_text()
+    assert "--finetune.train.lr=0.0001  peak learning rate" in lines  # fine-tuning's default, not pre-training's
+    assert any(line.startswith("--model.n_layers=") for line in lines)
+    assert any(line.startswith("--curve.fractions=") for line in lines)
