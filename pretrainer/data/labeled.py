@@ -97,16 +97,19 @@ def collate(dataset: EncodedDataset, indices: Sequence[int]) -> dict[str, torch.
 class ClassificationLoader:
     """Infinite, resumable, rank-aware batches over `indices` (default: all examples).
 
-    Each epoch is a seeded permutation (or the given order when shuffle=False); the last
-    batch of an epoch may be smaller.
+    Each epoch is a seeded permutation (or the given order when shuffle=False), grouped so
+    that a batch holds examples of similar length (less padding); the last batch of an
+    epoch may be smaller.
     """
 
     def __init__(self, dataset: EncodedDataset, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, indices: Sequence[int] | None = None):
+                 rank: int = 0, world_size: int = 1, indices: Sequence[int] | None = None,
+                 group_by_length: bool = True):
         self.dataset = dataset
         self.indices = np.asarray(indices if indices is not None else range(len(dataset)), dtype=np.int64)
+        lengths = np.array([len(dataset.input_ids[i]) for i in self.indices]) if group_by_length else None
         self.sampler = EpochSampler(len(self.indices), batch_size, seed, rank, world_size,
-                                    shuffle=shuffle, drop_last=False)
+                                    shuffle=shuffle, drop_last=False, lengths=lengths)
         if self.sampler.batches_per_epoch == 0:
             raise PretrainerError(f"no training examples to batch ({len(self.indices)} examples"
                                   + (f" for {world_size} processes)" if world_size > 1 else ")"))

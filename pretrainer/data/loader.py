@@ -52,7 +52,7 @@ class EpochSampler:
     """
 
     def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, lengths: np.ndarray | None = None):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if batch_size < 1:
@@ -68,6 +68,7 @@ class EpochSampler:
         self.epoch = 0
         self.position = 0
         self._order_epoch, self._order = -1, np.zeros(0, dtype=np.int64)
+        self.lengths = None if lengths is None else np.asarray(lengths)
 
     def rng(self, *more: int) -> np.random.Generator:
         """A generator fixed by (seed, epoch, *more); the same on every rank unless `more` says rank."""
@@ -75,8 +76,11 @@ class EpochSampler:
 
     def _epoch_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
-            self._order = (self.rng(DRAW_ORDER).permutation(self.n_items) if self.shuffle
+            rng = self.rng(DRAW_ORDER)
+            self._order = (rng.permutation(self.n_items) if self.shuffle
                            else np.arange(self.n_items, dtype=np.int64))
+            if self.shuffle and self.lengths is not None:
+                self._order = group_by_length(self._order, self.lengths, self.global_batch, rng)
             self._order_epoch = self.epoch
         return self._order
 
@@ -101,6 +105,23 @@ class EpochSampler:
             self.position = int(state["samples"])
         else:  # written before positions were global: batches of one process
             self.position = int(state["position"]) * self.batch_size
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, global_batch: int, rng: np.random.Generator,
+                    chunk_batches: int = 50) -> np.ndarray:
+    """Reorder a shuffled epoch so each global batch holds examples of similar length.
+
+    Padding to the longest example in a batch wastes compute on short-text tasks; sorting
+    within chunks of `chunk_batches` batches (then shuffling whole batches) keeps the
+    epoch random while batches stay tight. A function of (order, rng) only, so resume is exact.
+    """
+    chunk = global_batch * chunk_batches
+    pieces = [part[np.argsort(-lengths[part], kind="stable")]
+              for part in (order[i:i + chunk] for i in range(0, len(order), chunk))]
+    order = np.concatenate(pieces) if pieces else order
+    n_full = len(order) // global_batch
+    batches = order[:n_full * global_batch].reshape(n_full, global_batch)[rng.permutation(n_full)]
+    return np.concatenate([batches.reshape(-1), order[n_full * global_batch:]])
 
 
 class _Windows:

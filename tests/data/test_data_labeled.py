@@ -1,4 +1,6 @@
 import json
+
+import numpy as np
 from collections import Counter
 
 import pytest
@@ -115,3 +117,23 @@ def test_sst2_end_to_end(shared_data, wordpiece):
     data = encode_examples(ex, wordpiece, infer_label_names(ex), max_len=64)
     batch = next(iter(iterate_once(data, 16)))
     assert batch["input_ids"].shape[0] == 16 and batch["input_ids"].shape[1] <= 64
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_example():
+    from pretrainer.data.labeled import EncodedDataset
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=400)
+    dataset = EncodedDataset(input_ids=[list(range(1, n + 1)) for n in lengths],
+                             token_type_ids=[[0] * n for n in lengths], labels=[i % 2 for i in range(400)],
+                             label_names=["a", "b"], pad_id=0)
+
+    def padded_tokens(loader):
+        batches = [next(loader) for _ in range(loader.steps_per_epoch)]
+        seen = sorted(int(x) for b in batches for x in b["attention_mask"].sum(1))
+        return sum(b["input_ids"].numel() for b in batches), seen
+
+    grouped, seen_grouped = padded_tokens(ClassificationLoader(dataset, 16, seed=1))
+    plain, seen_plain = padded_tokens(ClassificationLoader(dataset, 16, seed=1, group_by_length=False))
+    assert seen_grouped == seen_plain == sorted(lengths.tolist())  # the same examples, once each
+    assert grouped < 0.75 * plain
