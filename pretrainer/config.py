@@ -146,7 +146,9 @@ class FinetuneConfig:
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
     dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
     label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")
-    pooling: str = _field("cls", "sentence representation for the head", ("cls", "mean"))
+    pooling: str = _field("mean", "sentence representation for the head: mean of the tokens (suits MLM-only "
+                                  "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
+                                  "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
     classifier_dropout: float = _field(0.1, "dropout before the classification head")
     max_len: int = _field(128, "truncate examples to this many tokens")
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)

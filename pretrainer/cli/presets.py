@@ -9,7 +9,7 @@ DEMO = {
     "tokenizer": {"kind": "wordpiece", "vocab_size": 8192, "lowercase": True},
     "model": {"name": "bert", "n_layers": 4, "d_model": 256, "n_heads": 4, "max_len": 128, "norm_first": True},
     "objective": {"name": "mlm", "mask_rate": 0.15},
-    "train": {"batch_size": 32, "seq_len": 128, "budget": "5m", "lr": 1e-3, "warmup": 0.05,
+    "train": {"batch_size": 32, "seq_len": 128, "budget": "4m", "lr": 1e-3, "warmup": 0.05,
               "schedule": "cosine", "eval_every": 0, "save_every": 200, "eval_batches": 20, "log_every": 20},
     "finetune": {
         "max_len": 64,
