@@ -180,5 +180,8 @@ def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, t
         x = torch.tensor([ids], dtype=torch.long)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy, eos_id=tokenizer.eos_id, generator=generator)
-        out.append(tokenizer.decode(y[0, 1:].tolist()))
+        new_ids = y[0, 1:].tolist()
+        if tokenizer.eos_id in new_ids[len(ids) - 1:]:  # stop at (and drop) the end-of-text token
+            new_ids = new_ids[:new_ids.index(tokenizer.eos_id, len(ids) - 1)]
+        out.append(tokenizer.decode(new_ids))
     return out
