@@ -76,6 +76,16 @@ class InterruptAt(ToyObjective):
 
 
 def test_interrupt_saves_and_resume_is_exact(tmp_path):
+    # A process started in the background (nohup, `cmd &`) inherits SIGINT as ignored; the
+    # loop leaves an ignored SIGINT alone, so give this test the interactive default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_then_resume(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_then_resume(tmp_path):
     cfg = dict(max_steps=10, eval_every=3, accum=2)
     _run(tmp_path / "straight", **cfg)
 
