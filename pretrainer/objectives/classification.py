@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
-from pretrainer.objectives.mlm import to_device
+from pretrainer.objectives.mlm import evaluation_batches
 from pretrainer.registry import OBJECTIVES
 
 
@@ -42,19 +42,13 @@ class ClassificationObjective:
         """-> {"loss", "accuracy", "macro_f1"}; keeps only predicted ids, never logits."""
         from pretrainer.evaluation.metrics import accuracy, macro_f1
 
-        was_training = model.training
-        model.eval()
         preds, labels = [], []
         loss_sum = 0.0
-        try:
-            for batch in batches:
-                batch = to_device(batch, model)
-                logits = model(batch)
-                loss_sum += float(F.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
-                preds.append(logits.argmax(dim=-1).cpu())
-                labels.append(batch["labels"].cpu())
-        finally:
-            model.train(was_training)
+        for batch in evaluation_batches(model, batches):
+            logits = model(batch)
+            loss_sum += float(F.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
+            preds.append(logits.argmax(dim=-1).cpu())
+            labels.append(batch["labels"].cpu())
         if not labels:
             raise ValueError("evaluate() got no batches")
         preds, labels = torch.cat(preds), torch.cat(labels)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX
-from pretrainer.objectives.mlm import perplexity, to_device
+from pretrainer.objectives.mlm import evaluation_batches, perplexity
 from pretrainer.registry import OBJECTIVES
 
 
@@ -43,15 +43,10 @@ class CausalLM:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
-        was_training = model.training
-        model.eval()
         loss_sum, count = 0.0, 0
-        try:
-            for batch in batches:
-                loss, n = self.mean_loss(model, to_device(batch, model))
-                loss_sum += float(loss) * n
-                count += n
-        finally:
-            model.train(was_training)
+        for batch in evaluation_batches(model, batches):
+            loss, n = self.mean_loss(model, batch)
+            loss_sum += float(loss) * n
+            count += n
         loss = loss_sum / max(count, 1)
         return {"loss": loss, "ppl": perplexity(loss)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,27 @@ EVAL_SEED = 1234  # evaluation masks the same tokens every time, so numbers are 
 def to_device(batch: dict, model: nn.Module) -> dict:
     device = next(model.parameters()).device
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluation_batches(model: nn.Module, batches: Iterable[dict]) -> Iterator[dict]:
+    """Yield `batches` moved to the model's device with the model in eval mode; the model's
+    train/eval mode is restored afterwards, however the loop ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            yield to_device(batch, model)
+    finally:
+        model.train(was_training)
+
+
+def seeded_evaluation_batches(model: nn.Module, batches: Iterable[dict]) -> Iterator[tuple[dict, torch.Generator]]:
+    """As `evaluation_batches`, with one generator seeded by EVAL_SEED for the whole pass."""
+    generator = None
+    for batch in evaluation_batches(model, batches):
+        if generator is None:
+            generator = torch.Generator(batch["input_ids"].device).manual_seed(EVAL_SEED)
+        yield batch, generator
 
 
 def perplexity(loss: float) -> float:
@@ -82,22 +103,13 @@ class MaskedLM:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
-        was_training = model.training
-        model.eval()
         loss_sum = correct = 0.0
         count = 0
-        generator = None
-        try:
-            for batch in batches:
-                batch = to_device(batch, model)
-                if generator is None:
-                    generator = torch.Generator(batch["input_ids"].device).manual_seed(EVAL_SEED)
-                hidden, labels = self.encode(model, batch, generator)
-                loss, n_correct, n = self.masked_lm_terms(model, hidden, labels)
-                loss_sum += float(loss) * n
-                correct += float(n_correct)
-                count += n
-        finally:
-            model.train(was_training)
+        for batch, generator in seeded_evaluation_batches(model, batches):
+            hidden, labels = self.encode(model, batch, generator)
+            loss, n_correct, n = self.masked_lm_terms(model, hidden, labels)
+            loss_sum += float(loss) * n
+            correct += float(n_correct)
+            count += n
         mlm_loss = loss_sum / max(count, 1)
         return {"mlm_loss": mlm_loss, "mlm_acc": correct / max(count, 1), "mlm_ppl": perplexity(mlm_loss)}

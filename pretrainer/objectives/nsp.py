@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrainer.objectives.mlm import EVAL_SEED, MaskedLM, perplexity, to_device
+from pretrainer.objectives.mlm import MaskedLM, perplexity, seeded_evaluation_batches
 from pretrainer.registry import OBJECTIVES
 
 
@@ -38,26 +38,17 @@ class MaskedLMWithNSP(MaskedLM):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
-        was_training = model.training
-        model.eval()
         mlm_sum = mlm_correct = nsp_sum = nsp_correct = 0.0
         n_masked = n_pairs = 0
-        generator = None
-        try:
-            for batch in batches:
-                batch = to_device(batch, model)
-                if generator is None:
-                    generator = torch.Generator(batch["input_ids"].device).manual_seed(EVAL_SEED)
-                mlm_loss, m_correct, n, nsp_loss, s_correct = self.terms(model, batch, generator)
-                pairs = len(batch["next_sentence_label"])
-                mlm_sum += float(mlm_loss) * n
-                mlm_correct += float(m_correct)
-                n_masked += n
-                nsp_sum += float(nsp_loss) * pairs
-                nsp_correct += float(s_correct)
-                n_pairs += pairs
-        finally:
-            model.train(was_training)
+        for batch, generator in seeded_evaluation_batches(model, batches):
+            mlm_loss, m_correct, n, nsp_loss, s_correct = self.terms(model, batch, generator)
+            pairs = len(batch["next_sentence_label"])
+            mlm_sum += float(mlm_loss) * n
+            mlm_correct += float(m_correct)
+            n_masked += n
+            nsp_sum += float(nsp_loss) * pairs
+            nsp_correct += float(s_correct)
+            n_pairs += pairs
         mlm = mlm_sum / max(n_masked, 1)
         return {"mlm_loss": mlm, "mlm_acc": mlm_correct / max(n_masked, 1), "mlm_ppl": perplexity(mlm),
                 "nsp_loss": nsp_sum / max(n_pairs, 1), "nsp_acc": nsp_correct / max(n_pairs, 1)}
