@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from pretrainer.data.loader import EpochSampler, seed_words
+from pretrainer.data.loader import EpochSampler, SamplerLoader, seed_words
 from pretrainer.data.readers import LabeledExamples
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
@@ -94,7 +94,7 @@ def collate(dataset: EncodedDataset, indices: Sequence[int]) -> dict[str, torch.
             "labels": torch.tensor([dataset.labels[i] for i in indices], dtype=torch.long)}
 
 
-class ClassificationLoader:
+class ClassificationLoader(SamplerLoader):
     """Infinite, resumable, rank-aware batches over `indices` (default: all examples).
 
     Each epoch is a seeded permutation (or the given order when shuffle=False), grouped so
@@ -118,21 +118,8 @@ class ClassificationLoader:
         mean_len = float(np.mean([len(dataset.input_ids[i]) for i in self.indices]))
         self.tokens_per_batch = round(batch_size * mean_len)  # an average: batches are padded per batch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self
-
     def __next__(self) -> dict[str, torch.Tensor]:
         return collate(self.dataset, self.indices[self.sampler.next_indices()].tolist())
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
 
 
 def iterate_once(dataset: EncodedDataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:

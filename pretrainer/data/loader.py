@@ -249,7 +249,26 @@ class BatchBuilder:
         return (a0, split), (b0, min(b0 + b_len, int(ends[other]))), 1
 
 
-class PackedLMLoader:
+class SamplerLoader:
+    """Base of the resumable loaders: their whole state is their EpochSampler's (`self.sampler`)."""
+
+    sampler: EpochSampler
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class PackedLMLoader(SamplerLoader):
     """Infinite, resumable, rank-aware pre-training batches; see the module doc for layouts."""
 
     def __init__(self, stream: TokenStream, batch_size: int, seq_len: int, kind: str,
@@ -271,9 +290,6 @@ class PackedLMLoader:
         self.tokens_per_batch = batch_size * seq_len
         self.batches_per_epoch = self.sampler.batches_per_epoch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self
-
     def __next__(self) -> dict[str, torch.Tensor]:
         picked = self.sampler.next_indices()
         # The shift depends on the epoch only: all ranks must cut the same windows.
@@ -281,16 +297,6 @@ class PackedLMLoader:
         starts = shift + picked * self.windows.stride
         pair_rng = self.sampler.rng(DRAW_PAIRS, self.rank, self.sampler.position)
         return self.builder.build(starts, pair_rng)
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
 
 
 def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, tokenizer: TextTokenizer,
