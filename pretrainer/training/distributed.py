@@ -110,6 +110,9 @@ def init_distributed(impl) -> DistInfo:
 
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank must reach teardown before any destroys its group: a gloo peer whose
+        # partner already closed the connection can abort ("terminate called ...") on exit.
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -10,6 +10,7 @@ sampler items each rank took (OUT_DIR/samples.json). The test recomputes all of 
 one process, with the builders below.
 """
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -95,6 +96,10 @@ def main():
     dist.all_gather_object(everyone, taken)
     if info.is_main:
         (out_dir / "samples.json").write_text(json.dumps(everyone))
+    # Free the wrapped model before the process group goes: an FSDP module that outlives
+    # it is torn down during interpreter exit, which can abort the process.
+    del model, out
+    gc.collect()
     shutdown_distributed()
 
 
