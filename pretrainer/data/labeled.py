@@ -51,6 +51,14 @@ def _is_int(text: str) -> bool:
 def encode_examples(examples: LabeledExamples, tokenizer: TextTokenizer, label_names: Sequence[str],
                     max_len: int) -> EncodedDataset:
     """Tokenize and truncate to max_len; a label outside label_names names its file and line."""
+    labels = label_indices(examples, label_names)
+    ids, types = tokenizer.encode_for_classification(examples.texts, examples.pairs, max_len=max_len)
+    return EncodedDataset(input_ids=ids, token_type_ids=types, labels=labels,
+                          label_names=list(label_names), pad_id=tokenizer.pad_id)
+
+
+def label_indices(examples: LabeledExamples, label_names: Sequence[str]) -> list[int]:
+    """Each example's label as an index into label_names; an unknown label names its file and line."""
     index = {name: i for i, name in enumerate(label_names)}
     labels = []
     for i, label in enumerate(examples.labels):
@@ -58,9 +66,7 @@ def encode_examples(examples: LabeledExamples, tokenizer: TextTokenizer, label_n
             raise PretrainerError(f"{examples.where(i)}: label {label!r} is not in the label set "
                                   f"{list(label_names)}")
         labels.append(index[label])
-    ids, types = tokenizer.encode_for_classification(examples.texts, examples.pairs, max_len=max_len)
-    return EncodedDataset(input_ids=ids, token_type_ids=types, labels=labels,
-                          label_names=list(label_names), pad_id=tokenizer.pad_id)
+    return labels
 
 
 def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:

@@ -53,9 +53,12 @@ class BertEmbeddings(nn.Module):
         self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        T = input_ids.shape[1]
-        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:T]  # (B, T, C)
+    def forward(self, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Word vectors come from input_ids (B, T) or are given as inputs_embeds (B, T, C)."""
+        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        T = words.shape[1]
+        x = words + self.position_embeddings.weight[:T]  # (B, T, C)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]  # all segment 0, without a (B, T) lookup
         else:
@@ -101,13 +104,20 @@ class BertModel(nn.Module):
         self.nsp_head = nn.Linear(config.d_model, 2)
         init_weights(self, config.init_std)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T); attention_mask (B, T), True/1 = real token -> hidden (B, T, C)."""
-        T = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T); attention_mask (B, T), True/1 = real token -> hidden (B, T, C).
+
+        inputs_embeds (B, T, C) replaces the word-embedding lookup (input_ids is then None), so
+        soft prompts can be spliced in; position and segment embeddings are added as usual.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        T = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         if T > self.config.max_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_len = {self.config.max_len}")
-        x = self.embeddings(input_ids, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         # (B, 1, 1, T): every query sees the same keys; pad keys are hidden from all queries.
         # A mask with no padding is dropped: SDPA's fused kernels are several times faster without one.
         if attention_mask is not None and bool(attention_mask.all()):

@@ -108,6 +108,27 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layer_decay_groups(module: nn.Module, weight_decay: float, decay: float) -> list[dict]:
+    """`decay_groups` split by depth, each with `lr_scale = decay ** (top - depth)`.
+
+    Layer-wise learning-rate decay (ELECTRA, BEiT): the head trains at the full rate and
+    each layer below at `decay` times the rate of the one above, so fine-tuning moves the
+    general lower layers least. Depth comes from `module.layer_id(name)`.
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    depth = {n: module.layer_id(n) for n, _ in named}
+    top = max(depth.values(), default=0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in named:
+        key = (depth[name], p.dim() >= 2)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if key[1] else 0.0,
+                           "lr_scale": decay ** (top - key[0])}
+        groups[key]["params"].append(p)
+    # Highest first: the logged learning rate (group 0's) is then the head's, the peak.
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+
+
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over the non-pad positions: hidden (B, T, C), attention_mask (B, T) -> (B, C)."""
     if attention_mask is None:

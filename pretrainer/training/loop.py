@@ -161,6 +161,7 @@ def _deferred_interrupt(log: Callable[[str], None]):
 def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir,
         eval_fn: Callable[[nn.Module], dict] | None = None, resume: bool = False,
         total_steps: int | None = None, log: Callable[[str], None] = print, *,
+        should_stop: Callable[[list[dict]], bool] | None = None,
         clock: Callable[[], float] = time.monotonic) -> FitResult:
     """Train `model` on `objective(model, batch)` over the infinite iterator `train_batches`.
 
@@ -169,7 +170,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     runs every `eval_every` steps and at the end; a checkpoint is written every
     `save_every` steps and at the end; the final weights go to `run_dir/model.safetensors`.
     Under torchrun the model is wrapped by `distributed.parallelize` (DDP or FSDP2) before
-    compile; only rank 0 writes files. `clock` is injectable for tests.
+    compile; only rank 0 writes files. `should_stop(eval_history)` is asked after each
+    evaluation (early stopping); `clock` is injectable for tests.
     """
     run_dir = Path(run_dir)
     set_threads(impl_cfg)
@@ -273,8 +275,10 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                     log_train(lr)
                 # Evaluate before saving: eval may draw random numbers, and the checkpoint
                 # must hold the RNG state the next step will see.
+                stop = False
                 if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
                     evaluate()
+                    stop = should_stop is not None and rank0_says(should_stop(eval_history))
                 if train_cfg.save_every and step % train_cfg.save_every == 0:
                     checkpoint()
                 if rank0_says(interrupted()):
@@ -283,6 +287,10 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                     if main:
                         log(f"checkpoint saved at step {step}; continue with resume")
                     raise KeyboardInterrupt
+                if stop:
+                    if main:
+                        log(f"early stop at step {step}: no better evaluation in a while")
+                    break
 
             if window.steps:
                 log_train(lr)

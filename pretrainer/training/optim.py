@@ -26,7 +26,8 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `model.param_groups(weight_decay)` when the model defines it.
 
-    Groups may set their own `lr` (layer-wise rates); the rest get `cfg.lr`. The fused
+    Groups may set their own `lr`, or `lr_scale` (a multiple of `cfg.lr`, for layer-wise
+    rates); the rest get `cfg.lr`. The fused
     kernel exists only on CUDA; on CPU the multi-tensor (`foreach`) path is the fast one.
     """
     inner = unwrap(model)
@@ -35,6 +36,9 @@ def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.
     else:
         groups = default_param_groups(inner, cfg.weight_decay)
     groups = [{**g, "params": list(g["params"])} for g in groups]  # params may be generators
+    for g in groups:
+        if "lr_scale" in g:  # layer-wise rates: a fraction of the peak lr
+            g["lr"] = cfg.lr * g["lr_scale"]
     groups = [g for g in groups if g["params"]]
     kwargs = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,

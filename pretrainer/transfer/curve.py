@@ -17,17 +17,40 @@ from pretrainer.errors import PretrainerError
 
 
 def curve_starts(cfg: Config) -> dict[str, dict]:
-    """Name -> finetune-section changes for each start to compare."""
-    starts = {}
+    """Name -> finetune-section changes for each (start, method) to compare.
+
+    Every listed method runs on the pre-trained start and on each of `curve.inits`; the
+    scratch baseline is full fine-tuning only (a frozen random backbone says nothing).
+    """
+    methods = cfg.curve.methods or ["full"]
+    starts: dict[str, dict] = {}
+
+    def add(start: str, init: str):
+        for method in methods:
+            name = start if len(methods) == 1 else f"{start} {method}"
+            starts[name] = {"init": init, "from_scratch": False, "method": method}
+
     if cfg.finetune.init:
-        starts["pre-trained"] = {"init": cfg.finetune.init, "from_scratch": False}
+        add("pre-trained", cfg.finetune.init)
         if cfg.curve.scratch:
-            starts["scratch"] = {"init": cfg.finetune.init, "from_scratch": True}
+            starts["scratch"] = {"init": cfg.finetune.init, "from_scratch": True, "method": "full"}
     for init in cfg.curve.inits:
-        starts[init] = {"init": init, "from_scratch": False}
+        add(init, init)
     if not starts:
         raise PretrainerError("nothing to compare: set finetune.init and/or curve.inits")
     return starts
+
+
+def label_amount(fraction: float) -> dict:
+    """A curve point as finetune changes: a fraction (<= 1) or a number of labels (> 1)."""
+    if fraction > 1:
+        if fraction != int(fraction):
+            raise PretrainerError(f"config key 'curve.fractions': {fraction} is above 1 but not a whole "
+                                  "number of labels")
+        return {"label_fraction": 1.0, "n_labels": int(fraction)}
+    if fraction <= 0:
+        raise PretrainerError(f"config key 'curve.fractions': {fraction} must be above 0")
+    return {"label_fraction": fraction, "n_labels": 0}
 
 
 def curve(cfg: Config, log=print) -> list[dict]:
@@ -47,12 +70,13 @@ def curve(cfg: Config, log=print) -> list[dict]:
                 if results is None:  # finished runs are reused, so an interrupted curve continues
                     run_cfg = dataclasses.replace(
                         cfg, run=dataclasses.replace(cfg.run, seed=seed),
-                        finetune=dataclasses.replace(cfg.finetune, **changes, label_fraction=fraction,
+                        finetune=dataclasses.replace(cfg.finetune, **changes, **label_amount(fraction),
                                                      dir=str(run_dir)))
                     results = finetune(run_cfg, log=lambda *_: None)
                 split = "dev" if "dev" in results else "test"
                 runs.append({"init": name, "fraction": fraction, "labels": results["n_labels"], "seed": seed,
                              "accuracy": results[split]["accuracy"], "macro_f1": results[split]["macro_f1"],
+                             "trainable_params": results.get("trainable_params", ""),
                              "seconds": results["train_seconds"]})
                 log(f"{name:>14}  {fraction:>6.1%} ({results['n_labels']:>6,} labels)  seed {seed}  "
                     f"{split} accuracy {results[split]['accuracy']:.4f}  ({results['train_seconds']:.0f}s)")
@@ -60,11 +84,15 @@ def curve(cfg: Config, log=print) -> list[dict]:
     _write_csv(out / "runs.csv", runs)
     summary = summarize(runs, ["init", "fraction", "labels"], "accuracy")
     f1 = {(r["init"], r["fraction"]): r for r in summarize(runs, ["init", "fraction"], "macro_f1")}
+    trainable = {r["init"]: r["trainable_params"] for r in runs}
+    seconds = {(r["init"], r["fraction"]): r["mean"] for r in summarize(runs, ["init", "fraction"], "seconds")}
     table = results_table([
-        {"init": r["init"], "labels": f"{r['fraction']:.0%} ({r['labels']:,})",
+        {"init": r["init"], "labels": _labels_cell(r["fraction"], r["labels"]),
          "accuracy": format_mean_std(r["mean"], r["std"], r["n"]),
          "macro-F1": format_mean_std(f1[r["init"], r["fraction"]]["mean"], f1[r["init"], r["fraction"]]["std"],
                                      r["n"]),
+         "trainable params": f"{trainable[r['init']]:,}" if trainable[r["init"]] != "" else "",
+         "seconds": f"{seconds[r['init'], r['fraction']]:.0f}",
          "seeds": r["n"]} for r in summary])
     atomic_write_text(out / "summary.md", table + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -75,6 +103,10 @@ def curve(cfg: Config, log=print) -> list[dict]:
     log(f"curve written to {out} (runs.csv, summary.md, summary.json"
         f"{', label_efficiency.png' if len(cfg.curve.fractions) > 1 else ''})")
     return summary
+
+
+def _labels_cell(fraction: float, labels: int) -> str:
+    return f"{labels:,}" if fraction > 1 else f"{fraction:.0%} ({labels:,})"
 
 
 def _finished(run_dir: Path) -> dict | None:

@@ -1,91 +1,279 @@
-"""Fine-tuning: a classification head on a pre-trained (or freshly initialised) backbone."""
+"""Fine-tuning: a task head on a pre-trained (or freshly initialised) backbone.
+
+`finetune.method` picks how the backbone transfers: all of it trained (full), the bottom
+layers frozen (freeze), layer-wise learning rates (llrd), low-rank adapters (lora), a
+soft prompt on a frozen backbone (soft_prompt), the MLM head scoring a cloze template
+(cloze, cloze_zero_shot), or a linear probe on cached features (probe, in probe.py).
+Token tagging (`finetune.task = "tokens"`) lives in ner.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pretrainer.config import Config, save_config
 from pretrainer.errors import PretrainerError
 
+CLOZE_METHODS = ("cloze", "cloze_zero_shot")
+
+
+@dataclass
+class LabeledSplits:
+    """A classification task encoded for one model: train (with the chosen subset), dev, test."""
+
+    label_names: list[str]
+    train: object  # EncodedDataset
+    subset: list[int]
+    dev: object | None
+    test: object | None
+
 
 def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     """Fine-tune on `cfg.finetune.data`; returns and writes `results.json` with dev (and test) metrics."""
-    from pretrainer.data.labeled import (ClassificationLoader, encode_examples, infer_label_names,
-                                         iterate_once, stratified_subset)
-    from pretrainer.data.readers import read_labeled
-    from pretrainer.models import model_config_dict
-    from pretrainer.models.heads import SequenceClassifier
-    from pretrainer.training.checkpoint import atomic_write_text
-    from pretrainer.objectives.classification import ClassificationObjective
-    from pretrainer.training.loop import fit
     from pretrainer.training.precision import set_determinism, set_threads
 
+    ft = cfg.finetune
+    check_finetune_config(cfg)
+    if ft.task == "tokens":
+        from pretrainer.transfer.ner import finetune_tokens
+
+        return finetune_tokens(cfg, resume=resume, log=log)
+    set_threads(cfg.impl)
+    set_determinism(cfg.impl, cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    backbone, tokenizer, source = _load_backbone(cfg, log)
+    max_len = ft.max_len
+    if ft.method == "soft_prompt":  # the prompt vectors take up positions too
+        max_len = min(max_len, backbone.config.max_len - ft.prompt.soft_tokens)
+    splits = load_splits(cfg, tokenizer, max_len)
+    if ft.method == "probe":
+        from pretrainer.transfer.probe import linear_probe
+
+        return linear_probe(cfg, backbone, splits, source, log=log)
+    return _train_classifier(cfg, backbone, tokenizer, splits, source, resume, log)
+
+
+def check_finetune_config(cfg: Config) -> None:
     ft = cfg.finetune
     if not ft.data.train:
         raise PretrainerError("config key 'finetune.data.train' is empty: name the labeled training file")
     if not 0 < ft.label_fraction <= 1:
         raise PretrainerError(f"config key 'finetune.label_fraction' must be in (0, 1], got {ft.label_fraction}")
-    run_dir = Path(ft.dir or Path(cfg.run.dir) / "finetune")
-    set_threads(cfg.impl)
-    set_determinism(cfg.impl, cfg.run.seed)
+    if ft.n_labels < 0:
+        raise PretrainerError(f"config key 'finetune.n_labels' must be >= 0, got {ft.n_labels}")
+    if ft.task == "tokens" and ft.method not in ("full", "freeze", "llrd", "lora"):
+        raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
+                              "choose full, freeze, llrd or lora")
+    if ft.patience and not (ft.data.dev and ft.train.eval_every >= 0):
+        raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
+                              "stopping never looks at test data")
 
-    torch.manual_seed(cfg.run.seed)
-    backbone, tokenizer, source = _load_backbone(cfg, log)
+
+def run_directory(cfg: Config) -> Path:
+    return Path(cfg.finetune.dir or Path(cfg.run.dir) / "finetune")
+
+
+def load_splits(cfg: Config, tokenizer, max_len: int) -> LabeledSplits:
+    """Read and encode train/dev/test; cloze methods wrap each text in the template."""
+    from pretrainer.data.labeled import encode_examples, infer_label_names
+    from pretrainer.data.readers import read_labeled
+
+    ft = cfg.finetune
+    if ft.method in CLOZE_METHODS:
+        from pretrainer.transfer.prompts import encode_cloze_examples
+
+        def encode(examples, names):
+            return encode_cloze_examples(examples, tokenizer, names, ft.prompt.template, max_len)
+    else:
+        def encode(examples, names):
+            return encode_examples(examples, tokenizer, names, max_len)
 
     train_examples = read_labeled(ft.data.train, ft.data)
     label_names = ft.data.labels or infer_label_names(train_examples)
-    train_set = encode_examples(train_examples, tokenizer, label_names, ft.max_len)
-    subset = stratified_subset(train_set.labels, ft.label_fraction, seed=cfg.run.seed)
-    dev_set = _encode_split(ft.data.dev, ft.data, tokenizer, label_names, ft.max_len)
-    test_set = _encode_split(ft.data.test, ft.data, tokenizer, label_names, ft.max_len)
+    train = encode(train_examples, label_names)
 
-    model = SequenceClassifier(backbone, len(label_names), pooling=ft.pooling, dropout=ft.classifier_dropout)
-    objective = ClassificationObjective(len(label_names))
-    batches = ClassificationLoader(train_set, ft.train.batch_size, seed=cfg.run.seed, indices=subset)
-    total_steps = _total_steps(ft.train, len(subset))
+    def split(path):
+        return encode(read_labeled(path, ft.data), label_names) if path else None
 
+    return LabeledSplits(label_names=label_names, train=train, subset=label_subset(ft, train.labels, cfg.run.seed),
+                         dev=split(ft.data.dev), test=split(ft.data.test))
+
+
+def label_subset(ft, labels: list[int], seed: int) -> list[int]:
+    """The training examples whose labels are used: `n_labels` of them, or `label_fraction`."""
+    from pretrainer.data.labeled import stratified_subset
+
+    if ft.method == "cloze_zero_shot":
+        return []
+    if ft.n_labels:
+        if ft.n_labels > len(labels):
+            raise PretrainerError(f"config key 'finetune.n_labels' = {ft.n_labels}, but "
+                                  f"{ft.data.train} has only {len(labels)} examples")
+        return stratified_subset(labels, ft.n_labels / len(labels), seed=seed)
+    return stratified_subset(labels, ft.label_fraction, seed=seed)
+
+
+def build_classifier(ft, backbone: nn.Module, tokenizer, label_names: list[str]) -> nn.Module:
+    """The module to train for `ft.method`, with exactly the parameters that should train left trainable."""
+    from pretrainer.models.heads import SequenceClassifier
+    from pretrainer.transfer.methods import check_layer_decay, default_freeze_layers, freeze_bottom_layers
+
+    n = len(label_names)
+    if ft.method in CLOZE_METHODS:
+        from pretrainer.transfer.prompts import ClozeClassifier, verbalizer_token_ids
+
+        return ClozeClassifier(backbone, verbalizer_token_ids(tokenizer, ft.prompt.verbalizer, label_names),
+                               tokenizer.mask_id)
+    if ft.method == "soft_prompt":
+        from pretrainer.transfer.prompts import SoftPromptClassifier
+
+        return SoftPromptClassifier(backbone, n, ft.prompt.soft_tokens, pooling=ft.pooling,
+                                    dropout=ft.classifier_dropout)
+    if ft.method == "llrd":
+        check_layer_decay(ft.layer_decay)
+        return SequenceClassifier(backbone, n, pooling=ft.pooling, dropout=ft.classifier_dropout,
+                                  layer_decay=ft.layer_decay)
+    model = SequenceClassifier(backbone, n, pooling=ft.pooling, dropout=ft.classifier_dropout)
+    if ft.method == "freeze":
+        freeze_bottom_layers(model, ft.freeze_layers or default_freeze_layers(model))
+    elif ft.method == "lora":
+        from pretrainer.transfer.lora import apply_lora
+
+        apply_lora(model, ft.lora, trainable=("head.",))
+    return model
+
+
+def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, source: str, resume: bool,
+                      log) -> dict:
+    from pretrainer.data.labeled import ClassificationLoader, iterate_once
+    from pretrainer.objectives.classification import ClassificationObjective
+    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.training.loop import fit
+    from pretrainer.transfer.methods import count_parameters
+
+    ft = cfg.finetune
+    run_dir = run_directory(cfg)
+    model = build_classifier(ft, backbone, tokenizer, splits.label_names)
+    trainable, total = count_parameters(model)
+    objective = ClassificationObjective(len(splits.label_names))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
-    # Architecture + tokenizer beside the weights, so the fine-tuned run loads and exports like any run.
-    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
     tokenizer.save(run_dir)
-    log(f"fine-tuning {source} on {len(subset):,} of {len(train_set.labels):,} labeled examples "
-        f"({len(label_names)} labels), {total_steps} steps -> {run_dir}")
+    eval_set = splits.dev or splits.test
 
-    eval_set = dev_set or test_set
-
-    def evaluate_dev(m):
-        if eval_set is None:
-            return {}
-        return objective.evaluate(m, iterate_once(eval_set, ft.train.batch_size))
+    def evaluate(m, dataset):
+        return objective.evaluate(m, iterate_once(dataset, ft.train.batch_size))
 
     start = time.perf_counter()
-    result = fit(model, objective, batches, ft.train, cfg.impl, run_dir, eval_fn=evaluate_dev,
-                 resume=resume, total_steps=total_steps, log=log)
-    results = {
-        "init": source,
-        "label_fraction": ft.label_fraction,
-        "n_labels": len(subset),
-        "seed": cfg.run.seed,
-        "labels": label_names,
-        "steps": result.step,
-        "train_seconds": round(time.perf_counter() - start, 1),
-    }
-    if dev_set is not None:
-        results["dev"] = objective.evaluate(model, iterate_once(dev_set, ft.train.batch_size))
-    if test_set is not None:
-        results["test"] = objective.evaluate(model, iterate_once(test_set, ft.train.batch_size))
+    steps = 0
+    if ft.method != "cloze_zero_shot":
+        batches = ClassificationLoader(splits.train, ft.train.batch_size, seed=cfg.run.seed, indices=splits.subset)
+        train_cfg = ft.train
+        if splits.dev is not None and not train_cfg.eval_every and (ft.keep_best or ft.patience):
+            # Model selection needs evaluations along the way: once per epoch unless told otherwise.
+            train_cfg = _replace(train_cfg, eval_every=batches.steps_per_epoch)
+        best = BestWeights(metric="accuracy")
+        log(f"fine-tuning {source} ({ft.method}: {trainable:,} of {total:,} parameters trainable) on "
+            f"{len(splits.subset):,} of {len(splits.train.labels):,} labeled examples "
+            f"({len(splits.label_names)} labels) -> {run_dir}")
+        result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
+                     eval_fn=best.wrap(lambda m: evaluate(m, eval_set)) if eval_set is not None else None,
+                     resume=resume, total_steps=total_steps(train_cfg, len(splits.subset)), log=log,
+                     should_stop=best.patience_spent(ft.patience) if ft.patience else None)
+        steps = result.step
+        if ft.keep_best and splits.dev is not None and best.restore(model):
+            log(f"keeping the weights of the best dev evaluation (number {best.evaluation} of "
+                f"{best.evaluations}, accuracy {best.score:.4f})")
+    seconds = time.perf_counter() - start
+    _save_transferable(model, run_dir)
+
+    results = {"init": source, "method": ft.method, "label_fraction": ft.label_fraction,
+               "n_labels": len(splits.subset), "seed": cfg.run.seed, "labels": splits.label_names,
+               "steps": steps, "trainable_params": trainable, "total_params": total,
+               "train_seconds": round(seconds, 1)}
+    for split, dataset in (("dev", splits.dev), ("test", splits.test)):
+        if dataset is not None:
+            results[split] = evaluate(model, dataset)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     for split in ("dev", "test"):
         if split in results:
             m = results[split]
             log(f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
     return results
+
+
+class BestWeights:
+    """Tracks the best evaluation during `fit` and keeps a copy of those weights in memory."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.score: float | None = None
+        self.evaluation = 0  # which evaluation (1-based) was the best
+        self.state: dict | None = None
+        self.evaluations = 0
+        self.since_best = 0
+
+    def wrap(self, eval_fn):
+        def evaluate_and_track(model):
+            from pretrainer.training.checkpoint import unwrap
+
+            results = eval_fn(model)
+            self.evaluations += 1
+            score = float(results[self.metric])
+            if self.score is None or score > self.score:
+                self.score, self.evaluation, self.since_best = score, self.evaluations, 0
+                self.state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+            else:
+                self.since_best += 1
+            return results
+
+        return evaluate_and_track
+
+    def patience_spent(self, patience: int):
+        return lambda history: self.since_best >= patience
+
+    def restore(self, model: nn.Module) -> bool:
+        """Load the best weights into `model`; False when nothing was tracked."""
+        if self.state is None:
+            return False
+        model.load_state_dict(self.state)
+        return True
+
+
+def _save_transferable(model: nn.Module, run_dir: Path) -> None:
+    """Leave a run directory that loads and exports like any run, with no adapter code.
+
+    LoRA is merged into plain linears; a cloze model is its backbone with the MLM head (the
+    template and verbalizer are in config.toml); a soft prompt needs its own module, so its
+    run keeps only the trained weights.
+    """
+    from pretrainer.models import model_config_dict
+    from pretrainer.training.checkpoint import atomic_write_text, save_weights
+
+    if any(type(m).__name__ == "LoraLinear" for m in model.modules()):
+        from pretrainer.transfer.lora import merge_lora
+
+        model = merge_lora(model)
+    if type(model).__name__ == "ClozeClassifier":
+        model = model.backbone
+    if type(model).__name__ == "SoftPromptClassifier":
+        save_weights(model, run_dir / "model.safetensors")
+        return
+    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+    save_weights(model, run_dir / "model.safetensors")
+
+
+def _replace(train_cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(train_cfg, **changes)
 
 
 def _load_backbone(cfg: Config, log):
@@ -111,16 +299,7 @@ def _load_backbone(cfg: Config, log):
     return build_model(cfg.model, tokenizer.vocab_size), tokenizer, "scratch"
 
 
-def _encode_split(path: str, data_cfg, tokenizer, label_names, max_len):
-    from pretrainer.data.labeled import encode_examples
-    from pretrainer.data.readers import read_labeled
-
-    if not path:
-        return None
-    return encode_examples(read_labeled(path, data_cfg), tokenizer, label_names, max_len)
-
-
-def _total_steps(train_cfg, n_examples: int) -> int | None:
+def total_steps(train_cfg, n_examples: int) -> int | None:
     if train_cfg.budget:
         return None
     if train_cfg.epochs > 0:
