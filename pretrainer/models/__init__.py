@@ -13,10 +13,10 @@ from pretrainer.config import ModelConfig, from_dict
 from pretrainer.errors import PretrainerError
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
-from pretrainer.models.heads import SequenceClassifier
+from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.registry import MODELS
 
-__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "build_model",
+__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "TokenClassifier", "build_model",
            "model_config_dict", "model_from_config_dict"]
 
 
@@ -47,6 +47,8 @@ def model_config_dict(model: nn.Module) -> dict:
     if isinstance(model, SequenceClassifier):
         spec["classifier"] = {"num_labels": model.num_labels, "pooling": model.pooling,
                               "dropout": model.dropout.p}
+    elif isinstance(model, TokenClassifier):
+        spec["tagger"] = {"num_labels": model.num_labels, "dropout": model.dropout.p}
     return spec
 
 
@@ -57,4 +59,6 @@ def model_from_config_dict(spec: dict) -> nn.Module:
     model = cls(cfg)
     if "classifier" in spec:
         model = SequenceClassifier(model, **spec["classifier"])
+    elif "tagger" in spec:
+        model = TokenClassifier(model, **spec["tagger"])
     return model

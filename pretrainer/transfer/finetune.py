@@ -9,11 +9,13 @@ Token tagging (`finetune.task = "tokens"`) lives in ner.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -123,7 +125,7 @@ def label_subset(ft, labels: list[int], seed: int) -> list[int]:
 def build_classifier(ft, backbone: nn.Module, tokenizer, label_names: list[str]) -> nn.Module:
     """The module to train for `ft.method`, with exactly the parameters that should train left trainable."""
     from pretrainer.models.heads import SequenceClassifier
-    from pretrainer.transfer.methods import check_layer_decay, default_freeze_layers, freeze_bottom_layers
+    from pretrainer.transfer.methods import head_kwargs, restrict_trainable
 
     n = len(label_names)
     if ft.method in CLOZE_METHODS:
@@ -136,18 +138,7 @@ def build_classifier(ft, backbone: nn.Module, tokenizer, label_names: list[str])
 
         return SoftPromptClassifier(backbone, n, ft.prompt.soft_tokens, pooling=ft.pooling,
                                     dropout=ft.classifier_dropout)
-    if ft.method == "llrd":
-        check_layer_decay(ft.layer_decay)
-        return SequenceClassifier(backbone, n, pooling=ft.pooling, dropout=ft.classifier_dropout,
-                                  layer_decay=ft.layer_decay)
-    model = SequenceClassifier(backbone, n, pooling=ft.pooling, dropout=ft.classifier_dropout)
-    if ft.method == "freeze":
-        freeze_bottom_layers(model, ft.freeze_layers or default_freeze_layers(model))
-    elif ft.method == "lora":
-        from pretrainer.transfer.lora import apply_lora
-
-        apply_lora(model, ft.lora, trainable=("head.",))
-    return model
+    return restrict_trainable(SequenceClassifier(backbone, n, pooling=ft.pooling, **head_kwargs(ft)), ft)
 
 
 def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, source: str, resume: bool,
@@ -155,7 +146,6 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
     from pretrainer.data.labeled import ClassificationLoader, iterate_once
     from pretrainer.objectives.classification import ClassificationObjective
     from pretrainer.training.checkpoint import atomic_write_text
-    from pretrainer.training.loop import fit
     from pretrainer.transfer.methods import count_parameters
 
     ft = cfg.finetune
@@ -175,22 +165,12 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
     steps = 0
     if ft.method != "cloze_zero_shot":
         batches = ClassificationLoader(splits.train, ft.train.batch_size, seed=cfg.run.seed, indices=splits.subset)
-        train_cfg = ft.train
-        if splits.dev is not None and not train_cfg.eval_every and (ft.keep_best or ft.patience):
-            # Model selection needs evaluations along the way: once per epoch unless told otherwise.
-            train_cfg = _replace(train_cfg, eval_every=batches.steps_per_epoch)
-        best = BestWeights(metric="accuracy")
         log(f"fine-tuning {source} ({ft.method}: {trainable:,} of {total:,} parameters trainable) on "
             f"{len(splits.subset):,} of {len(splits.train.labels):,} labeled examples "
             f"({len(splits.label_names)} labels) -> {run_dir}")
-        result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
-                     eval_fn=best.wrap(lambda m: evaluate(m, eval_set)) if eval_set is not None else None,
-                     resume=resume, total_steps=total_steps(train_cfg, len(splits.subset)), log=log,
-                     should_stop=best.patience_spent(ft.patience) if ft.patience else None)
-        steps = result.step
-        if ft.keep_best and splits.dev is not None and best.restore(model):
-            log(f"keeping the weights of the best dev evaluation (number {best.evaluation} of "
-                f"{best.evaluations}, accuracy {best.score:.4f})")
+        steps = train_and_select(cfg, model, objective, batches, len(splits.subset), run_dir,
+                                 (lambda m: evaluate(m, eval_set)) if eval_set is not None else None,
+                                 has_dev=splits.dev is not None, metric="accuracy", resume=resume, log=log)
     seconds = time.perf_counter() - start
     _save_transferable(model, run_dir)
 
@@ -207,6 +187,28 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
             m = results[split]
             log(f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
     return results
+
+
+def train_and_select(cfg: Config, model: nn.Module, objective, batches, n_examples: int, run_dir: Path,
+                     evaluate: Callable[[nn.Module], dict] | None, has_dev: bool, metric: str, resume: bool, log) -> int:
+    """`fit` with model selection on dev: early stopping (finetune.patience) and the best
+    evaluation's weights restored at the end (finetune.keep_best). Returns the steps taken."""
+    from pretrainer.training.loop import fit
+
+    ft = cfg.finetune
+    train_cfg = ft.train
+    if has_dev and not train_cfg.eval_every and (ft.keep_best or ft.patience):
+        # Model selection needs evaluations along the way: once per epoch unless told otherwise.
+        train_cfg = dataclasses.replace(train_cfg, eval_every=batches.steps_per_epoch)
+    best = BestWeights(metric)
+    result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
+                 eval_fn=best.wrap(evaluate) if evaluate is not None else None,
+                 resume=resume, total_steps=total_steps(train_cfg, n_examples), log=log,
+                 should_stop=best.patience_spent(ft.patience) if ft.patience else None)
+    if ft.keep_best and has_dev and best.restore(model):
+        log(f"keeping the weights of the best dev evaluation (number {best.evaluation} of "
+            f"{best.evaluations}, {metric} {best.score:.4f})")
+    return result.step
 
 
 class BestWeights:
@@ -268,12 +270,6 @@ def _save_transferable(model: nn.Module, run_dir: Path) -> None:
         return
     atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
     save_weights(model, run_dir / "model.safetensors")
-
-
-def _replace(train_cfg, **changes):
-    import dataclasses
-
-    return dataclasses.replace(train_cfg, **changes)
 
 
 def _load_backbone(cfg: Config, log):
