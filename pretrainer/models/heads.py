@@ -8,7 +8,26 @@ import torch.nn as nn
 from pretrainer.models.layers import decay_groups, layer_decay_groups
 
 
-class _BackboneHead(nn.Module):
+class WrapsBackbone(nn.Module):
+    """A module built around `self.backbone`: it shows the backbone's config and width, and
+    places its own parameters above the backbone's top layer for layer-wise rules."""
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def d_model(self) -> int:
+        return self.backbone.d_model
+
+    def layer_id(self, param_name: str) -> int:
+        """Backbone depth for `backbone.*` names; anything else sits above the top layer."""
+        if param_name.startswith("backbone."):
+            return self.backbone.layer_id(param_name[len("backbone."):])
+        return self.backbone.n_layers + 1
+
+
+class _BackboneHead(WrapsBackbone):
     """What every task head shares: the backbone's transfer surface, dropout and a linear head."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, dropout: float, layer_decay: float | None):
@@ -18,14 +37,6 @@ class _BackboneHead(nn.Module):
         self.num_labels = num_labels
         self.layer_decay = layer_decay  # None: one learning rate for every layer
         self.head = self._new_head(num_labels)
-
-    @property
-    def config(self):
-        return self.backbone.config
-
-    @property
-    def d_model(self) -> int:
-        return self.backbone.d_model
 
     def _new_head(self, num_labels: int) -> nn.Linear:
         head = nn.Linear(self.backbone.d_model, num_labels)
@@ -43,12 +54,6 @@ class _BackboneHead(nn.Module):
         if self.layer_decay is not None:
             return layer_decay_groups(self, weight_decay, self.layer_decay)
         return decay_groups(self, weight_decay)
-
-    def layer_id(self, param_name: str) -> int:
-        """Backbone depth for `backbone.*` names; the head sits above the backbone's top layer."""
-        if param_name.startswith("backbone."):
-            return self.backbone.layer_id(param_name[len("backbone."):])
-        return self.backbone.n_layers + 1
 
 
 class SequenceClassifier(_BackboneHead):

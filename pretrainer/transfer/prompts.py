@@ -24,6 +24,7 @@ from pretrainer.data.labeled import EncodedDataset, label_indices
 from pretrainer.data.readers import LabeledExamples
 from pretrainer.data.tokenizer import TextTokenizer, truncate_longest_first
 from pretrainer.errors import PretrainerError
+from pretrainer.models.heads import WrapsBackbone
 from pretrainer.models.layers import decay_groups
 
 TEMPLATE_KEY = "config key 'finetune.prompt.template'"
@@ -109,7 +110,7 @@ def verbalizer_token_ids(tokenizer: TextTokenizer, verbalizer: Sequence[str],
     return ids
 
 
-class ClozeClassifier(nn.Module):
+class ClozeClassifier(WrapsBackbone):
     """Label scores = the MLM logits of the verbalizer tokens at the single [MASK] of each row."""
 
     def __init__(self, backbone: nn.Module, verbalizer_ids: Sequence[int], mask_id: int):
@@ -125,14 +126,6 @@ class ClozeClassifier(nn.Module):
         self.register_buffer("verbalizer_ids", torch.tensor(list(verbalizer_ids), dtype=torch.long),
                              persistent=False)
 
-    @property
-    def config(self):
-        return self.backbone.config
-
-    @property
-    def d_model(self) -> int:
-        return self.backbone.d_model
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = batch["input_ids"]
         is_mask = input_ids == self.mask_id  # (B, T)
@@ -146,12 +139,9 @@ class ClozeClassifier(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         return decay_groups(self, weight_decay)
 
-    def layer_id(self, param_name: str) -> int:
-        """The backbone's depth; its MLM head is above the top block."""
-        return self.backbone.layer_id(param_name.removeprefix("backbone."))
 
 
-class SoftPromptClassifier(nn.Module):
+class SoftPromptClassifier(WrapsBackbone):
     """Frozen backbone over [CLS] prompt text [SEP]; the prompt vectors and a linear head learn.
 
     The prompt goes after [CLS] rather than before it, so [CLS] keeps position 0 as in
@@ -185,14 +175,6 @@ class SoftPromptClassifier(nn.Module):
         self.head = nn.Linear(backbone.d_model, num_labels).to(device=words.weight.device, dtype=words.weight.dtype)
         nn.init.normal_(self.head.weight, mean=0.0, std=getattr(backbone.config, "init_std", 0.02))
         nn.init.zeros_(self.head.bias)
-
-    @property
-    def config(self):
-        return self.backbone.config
-
-    @property
-    def d_model(self) -> int:
-        return self.backbone.d_model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = batch["input_ids"]
@@ -228,9 +210,7 @@ class SoftPromptClassifier(nn.Module):
         """The prompt sits with the embeddings (0), the head above the backbone's top layer."""
         if param_name == "prompt":
             return 0
-        if param_name.startswith("backbone."):
-            return self.backbone.layer_id(param_name.removeprefix("backbone."))
-        return self.backbone.n_layers + 1
+        return super().layer_id(param_name)
 
 
 def _insert_after_first(per_token: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
