@@ -134,6 +134,8 @@ class LabeledDataConfig:
     text_pair_field: str = _field("", "column with the second text of a pair task (empty = single text)")
     label_field: str = _field("label", "column with the label")
     labels: list[str] = _field([], "the label set in order; empty = sorted labels found in train")
+    max_eval_examples: int = _field(0, "evaluate on a fixed stratified sample of at most this many dev / test "
+                                       "examples, the same for every run and seed (0 = all; for large test sets)")
     on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: error or skip and count", ("error", "skip"))
 
 

@@ -48,6 +48,14 @@ class LabeledExamples:
         """`file:line` of example i, for error messages."""
         return f"{self.source}:{self.line_numbers[i]}"
 
+    def select(self, indices: list[int]) -> "LabeledExamples":
+        """The examples at `indices`, in that order, still naming their own lines."""
+        return LabeledExamples(texts=[self.texts[i] for i in indices],
+                               pairs=None if self.pairs is None else [self.pairs[i] for i in indices],
+                               labels=[self.labels[i] for i in indices], source=self.source,
+                               line_numbers=[self.line_numbers[i] for i in indices],
+                               bad_utf8_lines=self.bad_utf8_lines)
+
 
 def detect_format(path: str | os.PathLike, fmt: str, key: str = "data.format",
                   txt_means: str = "txt") -> str:

@@ -102,10 +102,21 @@ def load_splits(cfg: Config, tokenizer, max_len: int) -> LabeledSplits:
     train = encode(train_examples, label_names)
 
     def split(path):
-        return encode(read_labeled(path, ft.data), label_names) if path else None
+        return encode(evaluation_sample(read_labeled(path, ft.data), ft.data.max_eval_examples), label_names) \
+            if path else None
 
     return LabeledSplits(label_names=label_names, train=train, subset=label_subset(ft, train.labels, cfg.run.seed),
                          dev=split(ft.data.dev), test=split(ft.data.test))
+
+
+def evaluation_sample(examples, max_examples: int):
+    """At most `max_examples` of a dev/test file, stratified, drawn with a fixed seed so that
+    every run and seed is scored on the same examples."""
+    from pretrainer.data.labeled import stratified_subset
+
+    if not max_examples or len(examples) <= max_examples:
+        return examples
+    return examples.select(stratified_subset(examples.labels, max_examples / len(examples), seed=0))
 
 
 def label_subset(ft, labels: list[int], seed: int) -> list[int]:

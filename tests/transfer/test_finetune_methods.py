@@ -191,3 +191,17 @@ def test_few_labels_by_count_and_early_stopping(tiny_task):
     # With a tiny lr the dev score stalls, so patience 1 ends the run long before 50 epochs (100 steps).
     assert results["steps"] < 100
     assert any("early stop" in str(line) for line in logged)
+
+
+def test_evaluation_sample_is_stratified_fixed_and_keeps_line_numbers():
+    from pretrainer.data.readers import LabeledExamples
+    from pretrainer.transfer.finetune import evaluation_sample
+
+    examples = LabeledExamples(texts=[f"t{i}" for i in range(100)], pairs=None,
+                               labels=["a"] * 80 + ["b"] * 20, source="test.jsonl", line_numbers=list(range(1, 101)))
+    sample = evaluation_sample(examples, 10)
+    assert len(sample) == 10 and sample.labels.count("b") == 2  # the class balance is kept
+    assert evaluation_sample(examples, 10).texts == sample.texts  # the same sample every time
+    i = sample.texts.index(sample.texts[-1])
+    assert sample.where(i) == f"test.jsonl:{int(sample.texts[-1][1:]) + 1}"
+    assert evaluation_sample(examples, 0) is examples and evaluation_sample(examples, 500) is examples
