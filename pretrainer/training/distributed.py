@@ -35,6 +35,8 @@ directory must be on a shared file system.
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -110,8 +112,11 @@ def init_distributed(impl) -> DistInfo:
 
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
-        # Every rank must reach teardown before any destroys its group: a gloo peer whose
-        # partner already closed the connection can abort ("terminate called ...") on exit.
+        # FSDP modules sit in reference cycles (hooks); left to the collector they can be torn
+        # down during interpreter exit, after the group is gone, which aborts the process
+        # ("terminate called without an active exception"). Collect them while it still exists,
+        # and let every rank reach teardown before any destroys the group.
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
@@ -190,6 +195,25 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def give_ranks_own_rng_streams() -> None:
+    """Rank r > 0 reseeds torch's RNG from (rank 0's current state, r); rank 0 keeps its own.
+
+    Every rank starts from the same seed, so the model initialises identically everywhere,
+    but after that identical streams would give every rank the same MLM mask positions and
+    dropout masks. Deriving each stream from rank 0's state, which the checkpoint saves,
+    keeps resume exact: `fit` calls this at the start (after any restore) and after every
+    checkpoint, at the same steps in an uninterrupted and in a resumed run.
+    """
+    if not is_distributed():
+        return
+    state = torch.get_rng_state().to(_comm_device())
+    dist.broadcast(state, src=0)
+    rank = dist.get_rank()
+    if rank > 0:
+        digest = hashlib.sha256(state.cpu().numpy().tobytes() + rank.to_bytes(4, "little")).digest()
+        torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # seeds CUDA too
 
 
 def mean_over_ranks(values: dict) -> dict:

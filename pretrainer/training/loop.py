@@ -22,8 +22,8 @@ from torch import nn
 from pretrainer.errors import PretrainerError
 from pretrainer.training.checkpoint import load_latest_checkpoint, save_checkpoint, save_weights, unwrap
 from pretrainer.training.distributed import (barrier, call_objective, full_state, full_tensor,
-                                             init_distributed, mean_over_ranks, parallelize,
-                                             rank0_says, restore_checkpoint, share_lrs)
+                                             give_ranks_own_rng_streams, init_distributed, mean_over_ranks,
+                                             parallelize, rank0_says, restore_checkpoint, share_lrs)
 from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.precision import autocast, grad_scaler, set_threads
@@ -251,8 +251,10 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
             save_checkpoint(run_dir, step, model_state, optimizer_state, extra,
                             keep=train_cfg.keep_checkpoints)
         barrier()
+        give_ranks_own_rng_streams()
         last_saved_step = step
 
+    give_ranks_own_rng_streams()
     run_model.train()
     schedule.start()
     run_started = clock()

@@ -6,7 +6,8 @@ For each of MLM and MLM+NSP on a tiny BERT, wraps the model with `parallelize`, 
 forward/backward through `call_objective` on this rank's half of a fixed global batch,
 and (rank 0) writes the full gradients to OUT_DIR/<objective>.safetensors, with the names
 of parameters that got no gradient in OUT_DIR/<objective>.json. It also records which
-sampler items each rank took (OUT_DIR/samples.json). The test recomputes all of it in
+sampler items each rank took (OUT_DIR/samples.json) and what each rank draws after
+`give_ranks_own_rng_streams` (OUT_DIR/rng.json). The test recomputes all of it in
 one process, with the builders below.
 """
 
@@ -26,8 +27,8 @@ from pretrainer.data.loader import EpochSampler  # noqa: E402
 from pretrainer.models.encoder import BertConfig, BertModel  # noqa: E402
 from pretrainer.registry import OBJECTIVES  # noqa: E402
 from pretrainer.training.checkpoint import unwrap  # noqa: E402
-from pretrainer.training.distributed import (call_objective, full_tensor, init_distributed,  # noqa: E402
-                                             parallelize, shutdown_distributed)
+from pretrainer.training.distributed import (call_objective, full_tensor, give_ranks_own_rng_streams,  # noqa: E402
+                                             init_distributed, parallelize, shutdown_distributed)
 
 VOCAB, SEQ, GLOBAL_BATCH = 40, 12, 8
 SPECIAL = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -88,6 +89,16 @@ def main():
         if info.is_main:
             save_file(grads, str(out_dir / f"{name}.safetensors"))
             (out_dir / f"{name}.json").write_text(json.dumps(missing))
+
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        give_ranks_own_rng_streams()
+        draws.append(torch.rand(4).tolist())
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, draws)
+    if info.is_main:
+        (out_dir / "rng.json").write_text(json.dumps(everyone))
 
     sampler = EpochSampler(50, GLOBAL_BATCH // info.world_size, seed=5, rank=info.rank,
                            world_size=info.world_size)

@@ -86,9 +86,10 @@ def launch(args: list[str], nproc: int) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def pretrain(cfg: Path, run_dir: Path, nproc: int, parallel: str = "ddp", resume: bool = False) -> Path:
+def pretrain(cfg: Path, run_dir: Path, nproc: int, parallel: str = "ddp", resume: bool = False,
+             extra: tuple[str, ...] = ()) -> Path:
     launch(["pretrain", str(cfg), f"--run.dir={run_dir}", f"--train.batch_size={GLOBAL_BATCH // nproc}",
-            f"--impl.parallel={parallel}", *(["--resume"] if resume else [])], nproc)
+            f"--impl.parallel={parallel}", *(["--resume"] if resume else []), *extra], nproc)
     return run_dir
 
 
@@ -162,6 +163,19 @@ def test_checkpoint_of_one_process_resumes_in_two(runs, parallel):
 
 
 @pytest.mark.distributed
+def test_two_process_run_with_dropout_resumes_exactly(runs):
+    """Each rank draws its own dropout masks (streams derived from rank 0's saved RNG state),
+    and a resumed 2-process run still ends bit-for-bit where the uninterrupted one did."""
+    dropout = ("--model.dropout=0.1",)
+    straight = pretrain(runs.cfg, runs.root / "dropout-2", 2, extra=dropout)
+    resumed = cut_back_to_step_2(straight, runs.root / "dropout-2-resumed")
+    pretrain(runs.cfg, resumed, 2, resume=True, extra=dropout)
+    assert train_losses(resumed)[-2:] == train_losses(straight)[-2:]
+    wa, wb = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_heads_called_outside_forward_get_reduced_gradients(tmp_path, parallel):
     """MLM calls model.lm_logits (and NSP model.pooled / nsp_logits) after model(...);
@@ -189,6 +203,12 @@ def test_heads_called_outside_forward_get_reduced_gradients(tmp_path, parallel):
         for pname, p in model.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(got[pname], p.grad, atol=TOL, rtol=0, msg=f"{name}: {pname}")
+
+    # Rank 0 keeps its random stream; rank 1 gets its own, the same each time from the same state.
+    (rank0_first, rank0_again), (rank1_first, rank1_again) = json.loads((tmp_path / "rng.json").read_text())
+    torch.manual_seed(7)
+    assert rank0_first == rank0_again == torch.rand(4).tolist()
+    assert rank1_first == rank1_again != rank0_first
 
     taken = json.loads((tmp_path / "samples.json").read_text())
     single = EpochSampler(50, GLOBAL_BATCH, seed=5)
