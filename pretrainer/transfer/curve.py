@@ -82,7 +82,7 @@ def curve(cfg: Config, log=print) -> list[dict]:
                     f"{split} accuracy {results[split]['accuracy']:.4f}  ({results['train_seconds']:.0f}s)")
 
     _write_csv(out / "runs.csv", runs)
-    summary = summarize(runs, ["init", "fraction", "labels"], "accuracy")
+    summary = summarize(runs, ["init", "labels", "fraction"], "accuracy")  # ordered by number of labels
     f1 = {(r["init"], r["fraction"]): r for r in summarize(runs, ["init", "fraction"], "macro_f1")}
     trainable = {r["init"]: r["trainable_params"] for r in runs}
     seconds = {(r["init"], r["fraction"]): r["mean"] for r in summarize(runs, ["init", "fraction"], "seconds")}
