@@ -3,10 +3,13 @@ corpus 10x larger (the 50,000 reviews written ten times, each copy numbered so t
 two documents are equal). Prints one JSON line per (corpus, phase) with the peak RSS of
 the process that ran it, measured by /usr/bin/time.
 
-    python benchmarks/memory.py [--steps 50] [--out DIR]
+    python benchmarks/memory.py [--steps 50] [--out DIR]   # Linux (/proc)
 
 Shards are memory-mapped, so training should need the same memory whatever the corpus
 size; preparation tokenizes into memory before writing, so it grows with the corpus.
+Two numbers per phase: the peak resident set (VmHWM), which also counts the corpus pages
+the memory map has touched (file-backed, clean, reclaimable page cache), and the peak
+anonymous memory (RssAnon, sampled every 20 ms): what the process itself allocated.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,14 +38,51 @@ def write_corpus(path: Path, copies: int) -> int:
     return copies * len(reviews)
 
 
-def peak_rss_mb(args: list[str]) -> float:
-    """Run `python -m pretrainer ARGS` under /usr/bin/time; its maximum resident set in MB."""
-    done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", sys.executable, "-m", "pretrainer", *args],
-                          capture_output=True, text=True, cwd=ROOT)
+def measured_run(args: list[str]) -> dict:
+    """`pretrainer ARGS` in a child process; its peak RSS and peak anonymous memory in MB."""
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True,
+                          text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(done.stdout[-2000:] + done.stderr[-2000:])
-    kb = [line for line in done.stderr.splitlines() if line.startswith("MAXRSS_KB")][-1].split()[1]
-    return int(kb) / 1024
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(args: list[str]) -> None:
+    """Run the CLI in this process while a thread samples RssAnon; print the peaks as JSON."""
+    import contextlib
+    import io
+    import threading
+    import time
+
+    from pretrainer.cli.main import main as cli_main
+
+    peak_anon = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak_anon[0] = max(peak_anon[0], _status_kb("RssAnon"))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        code = cli_main(args)
+    done.set()
+    sampler.join()
+    peak_anon[0] = max(peak_anon[0], _status_kb("RssAnon"))
+    print(json.dumps({"rc": code, "shards_were_cached": "using cached shards" in captured.getvalue(),
+                      "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+                      "peak_anon_mb": round(peak_anon[0] / 1024, 1)}))
 
 
 def main() -> None:
@@ -50,23 +91,27 @@ def main() -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--tokenizer", default=str(ROOT / "runs" / "bert-mini-imdb" / "tokenizer.json"),
                         help="a tokenizer.json to load (training one is not what this measures)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(json.loads(args.child))
     out = Path(args.out or tempfile.mkdtemp(prefix="pretrainer-memory-"))
     out.mkdir(parents=True, exist_ok=True)
     for copies in (1, 10):
         corpus = out / f"imdb-x{copies}.txt"
-        docs = write_corpus(corpus, copies)
+        docs = write_corpus(corpus, copies) if not corpus.is_file() else copies * 50_000
         common = [str(ROOT / "configs" / "bert-mini-imdb.toml"), f"--run.dir={out / f'run-x{copies}'}",
                   f"--data.train=[\"{corpus}\"]", "--data.format=txt", f"--data.cache_dir={out / 'cache'}",
                   f"--tokenizer.path={args.tokenizer}", "--impl.progress=false"]
-        prepare_mb = peak_rss_mb(["prepare", *common])
-        train_mb = peak_rss_mb(["pretrain", *common, "--train.budget=", f"--train.max_steps={args.steps}",
-                                "--train.eval_every=0", "--train.save_every=0"])
-        shard_mb = sum(p.stat().st_size for p in (out / "cache").rglob("train.npy")) / 2**20
-        for phase, mb in (("prepare", prepare_mb), ("train", train_mb)):
+        shutil.rmtree(out / f"run-x{copies}", ignore_errors=True)
+        prepare = measured_run(["prepare", *common])
+        train = measured_run(["pretrain", *common, "--train.budget=", f"--train.max_steps={args.steps}",
+                              "--train.eval_every=0", "--train.save_every=0"])
+        shard_mb = max(p.stat().st_size for p in (out / "cache").rglob("train.npy")) / 2**20
+        for phase, m in (("prepare", prepare), ("train", train)):
             print(json.dumps({"corpus": f"imdb-unsup x{copies}", "documents": docs, "phase": phase,
-                              "steps": args.steps if phase == "train" else None,
-                              "peak_rss_mb": round(mb, 1), "all_shards_mb": round(shard_mb, 1)}), flush=True)
+                              "steps": args.steps if phase == "train" else None, **m,
+                              "largest_train_shard_mb": round(shard_mb, 1)}), flush=True)
 
 
 if __name__ == "__main__":

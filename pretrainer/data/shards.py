@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -122,11 +123,26 @@ def _file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _random_access_memmap(path: Path) -> np.ndarray:
+    """The token array, memory-mapped, with the kernel told that reads will be random.
+
+    Training reads one short window at a time from anywhere in the file; the default
+    read-ahead would page in far more than the window on every fault, so a few dozen steps
+    would pull most of a large corpus into memory (file-backed and reclaimable, but counted
+    in the process's RSS and read from disk for nothing).
+    """
+    tokens = np.load(path, mmap_mode="r")
+    handle = getattr(tokens, "_mmap", None)  # numpy keeps the mmap object here
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+    return tokens
+
+
 def open_prepared(directory: Path) -> PreparedCorpus:
     meta = json.loads((directory / "meta.json").read_text())
 
     def stream(split: str) -> TokenStream:
-        return TokenStream(tokens=np.load(directory / f"{split}.npy", mmap_mode="r"),
+        return TokenStream(tokens=_random_access_memmap(directory / f"{split}.npy"),
                            doc_starts=np.load(directory / f"{split}_doc_starts.npy"),
                            sentence_starts=np.load(directory / f"{split}_sentence_starts.npy"))
 
