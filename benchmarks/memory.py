@@ -107,11 +107,10 @@ def main() -> None:
         prepare = measured_run(["prepare", *common])
         train = measured_run(["pretrain", *common, "--train.budget=", f"--train.max_steps={args.steps}",
                               "--train.eval_every=0", "--train.save_every=0"])
-        shard_mb = max(p.stat().st_size for p in (out / "cache").rglob("train.npy")) / 2**20
         for phase, m in (("prepare", prepare), ("train", train)):
             print(json.dumps({"corpus": f"imdb-unsup x{copies}", "documents": docs, "phase": phase,
-                              "steps": args.steps if phase == "train" else None, **m,
-                              "largest_train_shard_mb": round(shard_mb, 1)}), flush=True)
+                              "steps": args.steps if phase == "train" else None, **m}),
+                  flush=True)
 
 
 if __name__ == "__main__":

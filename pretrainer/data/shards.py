@@ -143,8 +143,10 @@ def open_prepared(directory: Path) -> PreparedCorpus:
 
     def stream(split: str) -> TokenStream:
         return TokenStream(tokens=_random_access_memmap(directory / f"{split}.npy"),
-                           doc_starts=np.load(directory / f"{split}_doc_starts.npy"),
-                           sentence_starts=np.load(directory / f"{split}_sentence_starts.npy"))
+                           # Offsets are mapped too: a sentence index is a few bytes per token
+                           # of corpus, which in memory would grow with the corpus.
+                           doc_starts=np.load(directory / f"{split}_doc_starts.npy", mmap_mode="r"),
+                           sentence_starts=np.load(directory / f"{split}_sentence_starts.npy", mmap_mode="r"))
 
     return PreparedCorpus(tokenizer=load_tokenizer(directory / "tokenizer.json"), train=stream("train"),
                           eval=stream("eval"), cache_dir=directory, meta=meta)
