@@ -47,3 +47,42 @@ def make_model():
         return build_model(tiny_config(name, **overrides), vocab_size).eval()
 
     return make
+
+
+# A tiny pre-trained BERT and a labeled task, shared by the transfer and curve tests.
+TASK_WORDS = "good bad fine poor great awful nice dull".split()
+
+
+def _tiny_transfer_task(root: Path, labeled_rows: list[dict], *overrides: str, seed: int = 0):
+    """Write a 40-line corpus and `labeled_rows` (jsonl) under `root`, pre-train a tiny BERT for
+    2 steps, and return the config (fine-tuning from it, dev = the labeled file)."""
+    import json
+    import random
+
+    from pretrainer.api import pretrain
+    from pretrainer.config import load_config
+
+    rng = random.Random(seed)
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choices(TASK_WORDS, k=20)) for _ in range(40)))
+    (root / "labeled.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labeled_rows))
+    cfg = load_config(None, [
+        f'--run.dir="{root / "run"}"', f'--data.train="{root / "corpus.txt"}"', f'--data.cache_dir="{root / "cache"}"',
+        "--tokenizer.vocab_size=40", "--tokenizer.min_frequency=1", "--model.n_layers=1", "--model.d_model=16",
+        "--model.n_heads=2", "--model.max_len=32", "--train.batch_size=4", "--train.seq_len=16",
+        "--train.max_steps=2", "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false",
+        f'--finetune.init="{root / "run"}"', f'--finetune.data.train="{root / "labeled.jsonl"}"',
+        f'--finetune.data.dev="{root / "labeled.jsonl"}"', "--finetune.train.epochs=1.0",
+        "--finetune.train.batch_size=8", *overrides])
+    pretrain(cfg, log=lambda *_: None)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_transfer_task():
+    """`_tiny_transfer_task` as a fixture (tests are imported by path, not as a package)."""
+    return _tiny_transfer_task
+
+
+@pytest.fixture(scope="session")
+def task_words():
+    return TASK_WORDS

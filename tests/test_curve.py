@@ -1,32 +1,18 @@
 """`pretrainer curve` on tiny data: every start x fraction x seed, summary files, reuse of finished runs."""
 
 import csv
-import json
 import random
 
-from pretrainer.api import pretrain
-from pretrainer.config import load_config
 from pretrainer.transfer.curve import curve
 
-WORDS = "good bad fine poor great awful nice dull".split()
+
+def random_rows(words: list[str], seed: int, n: int = 40) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"text": " ".join(rng.choices(words, k=5)), "label": str(i % 2)} for i in range(n)]
 
 
-def test_curve_runs_grid_and_reuses_finished_runs(tmp_path):
-    rng = random.Random(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=20)) for _ in range(40)))
-    labeled = tmp_path / "labeled.jsonl"
-    labeled.write_text("".join(json.dumps({"text": " ".join(rng.choices(WORDS, k=5)), "label": str(i % 2)}) + "\n"
-                               for i in range(40)))
-    cfg = load_config(None, [
-        f'--run.dir="{tmp_path / "run"}"', f'--data.train="{corpus}"', f'--data.cache_dir="{tmp_path / "cache"}"',
-        "--tokenizer.vocab_size=40", "--tokenizer.min_frequency=1", "--model.n_layers=1", "--model.d_model=16",
-        "--model.n_heads=2", "--model.max_len=32", "--train.batch_size=4", "--train.seq_len=16",
-        "--train.max_steps=2", "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false",
-        f'--finetune.init="{tmp_path / "run"}"', f'--finetune.data.train="{labeled}"',
-        f'--finetune.data.dev="{labeled}"', "--finetune.train.epochs=1.0", "--finetune.train.batch_size=8",
-        "--curve.fractions=[0.25, 1.0]", "--curve.seeds=[0, 1]"])
-    pretrain(cfg, log=lambda *_: None)
+def test_curve_runs_grid_and_reuses_finished_runs(tmp_path, tiny_transfer_task, task_words):
+    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 0), "--curve.fractions=[0.25, 1.0]", "--curve.seeds=[0, 1]")
 
     summary = curve(cfg, log=lambda *_: None)
     assert [(r["init"], r["fraction"], r["labels"], r["n"]) for r in summary] == [
@@ -44,7 +30,7 @@ def test_curve_runs_grid_and_reuses_finished_runs(tmp_path):
     assert marker.stat().st_mtime_ns == before
 
 
-def test_curve_runs_each_method_and_label_counts(tmp_path):
+def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, task_words):
     """Methods multiply the pre-trained start (scratch stays full fine-tuning); a fraction above 1
     is a number of labels; the summary names trainable parameters."""
     import dataclasses
@@ -54,21 +40,8 @@ def test_curve_runs_each_method_and_label_counts(tmp_path):
     from pretrainer.errors import PretrainerError
     from pretrainer.transfer.curve import curve_starts, label_amount
 
-    rng = random.Random(1)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=20)) for _ in range(40)))
-    labeled = tmp_path / "labeled.jsonl"
-    labeled.write_text("".join(json.dumps({"text": " ".join(rng.choices(WORDS, k=5)), "label": str(i % 2)}) + "\n"
-                               for i in range(40)))
-    cfg = load_config(None, [
-        f'--run.dir="{tmp_path / "run"}"', f'--data.train="{corpus}"', f'--data.cache_dir="{tmp_path / "cache"}"',
-        "--tokenizer.vocab_size=40", "--tokenizer.min_frequency=1", "--model.n_layers=2", "--model.d_model=16",
-        "--model.n_heads=2", "--model.max_len=32", "--train.batch_size=4", "--train.seq_len=16",
-        "--train.max_steps=2", "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false",
-        f'--finetune.init="{tmp_path / "run"}"', f'--finetune.data.train="{labeled}"',
-        f'--finetune.data.dev="{labeled}"', "--finetune.train.epochs=1.0", "--finetune.train.batch_size=8",
-        '--curve.methods=["full", "probe"]', "--curve.fractions=[8, 1.0]", "--curve.seeds=[0]"])
-    pretrain(cfg, log=lambda *_: None)
+    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 1), "--model.n_layers=2", '--curve.methods=["full", "probe"]',
+                             "--curve.fractions=[8, 1.0]", "--curve.seeds=[0]", seed=1)
     assert {name: s["method"] for name, s in curve_starts(cfg).items()} == {
         "pre-trained full": "full", "pre-trained probe": "probe", "scratch": "full"}
 

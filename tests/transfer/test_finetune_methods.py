@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrainer.api import load_run, pretrain
-from pretrainer.config import TrainConfig, load_config
+from pretrainer.api import load_run
+from pretrainer.config import TrainConfig
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier
 from pretrainer.training.optim import build_optimizer
@@ -16,7 +16,6 @@ from pretrainer.transfer.finetune import BestWeights, finetune
 from pretrainer.transfer.methods import count_parameters, freeze_bottom_layers
 from pretrainer.transfer.probe import cached_features, fit_logistic_regression
 
-WORDS = "good bad fine poor great awful nice dull".split()
 
 
 def _classifier(make_model, **kw):
@@ -126,27 +125,19 @@ def test_features_are_cached_by_content(make_model, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory):
+def tiny_task(tmp_path_factory, tiny_transfer_task, task_words):
     """A pre-trained tiny BERT and a labeled task whose label is whether 'good' appears."""
     tmp = tmp_path_factory.mktemp("task")
     rng = random.Random(0)
-    (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choices(WORDS, k=20)) for _ in range(40)))
     rows = []
     for i in range(60):
-        words = rng.choices(WORDS[1:], k=5)
+        words = rng.choices(task_words[1:], k=5)
         if i % 2:
             words[rng.randrange(5)] = "good"
-        rows.append(json.dumps({"text": " ".join(words), "label": str(i % 2)}))
-    (tmp / "labeled.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = load_config(None, [
-        f'--run.dir="{tmp / "run"}"', f'--data.train="{tmp / "corpus.txt"}"', f'--data.cache_dir="{tmp / "cache"}"',
-        "--tokenizer.vocab_size=120", "--tokenizer.min_frequency=1", "--model.n_layers=2", "--model.d_model=16",
-        "--model.n_heads=2", "--model.max_len=32", "--train.batch_size=4", "--train.seq_len=16",
-        "--train.max_steps=2", "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false",
-        f'--finetune.init="{tmp / "run"}"', f'--finetune.data.train="{tmp / "labeled.jsonl"}"',
-        f'--finetune.data.dev="{tmp / "labeled.jsonl"}"', "--finetune.train.epochs=2.0",
-        "--finetune.train.batch_size=8"])
-    pretrain(cfg, log=lambda *_: None)
+        rows.append({"text": " ".join(words), "label": str(i % 2)})
+    # A vocabulary large enough that the verbalizer words are single tokens.
+    cfg = tiny_transfer_task(tmp, rows, "--tokenizer.vocab_size=120", "--model.n_layers=2",
+                             "--finetune.train.epochs=2.0")
     return cfg, tmp
 
 
