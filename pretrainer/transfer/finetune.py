@@ -163,6 +163,8 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
     run_dir = run_directory(cfg)
     model = build_classifier(ft, backbone, tokenizer, splits.label_names)
     trainable, total = count_parameters(model)
+    if ft.method == "cloze_zero_shot":
+        trainable = 0  # nothing is trained, whatever requires_grad says
     objective = ClassificationObjective(len(splits.label_names))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
