@@ -311,6 +311,12 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
             near = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {prefix + near[0]!r}?)" if near else ""
             raise PretrainerError(f"{source}: unknown config key {prefix + key!r}{hint}")
+        default_factory = fields[key].default_factory
+        if isinstance(value, dict) and default_factory is not dataclasses.MISSING \
+                and dataclasses.is_dataclass(hints[key]):
+            # A partial section keeps its own defaults: [finetune.train] starts from the
+            # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's.
+            value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)
     _check_choices(obj, source, prefix)

@@ -86,3 +86,15 @@ def test_help_lists_every_key_with_its_own_defaults():
     assert "--finetune.train.lr=0.0001  peak learning rate" in lines  # fine-tuning's default, not pre-training's
     assert any(line.startswith("--model.n_layers=") for line in lines)
     assert any(line.startswith("--curve.fractions=") for line in lines)
+
+
+def test_a_partial_nested_section_keeps_that_sections_defaults(tmp_path):
+    """[finetune.train] with only lr set still has fine-tuning's defaults, not pre-training's."""
+    path = tmp_path / "c.toml"
+    path.write_text("[finetune.train]\nlr = 3e-5\n")
+    cfg = load_config(path)
+    default = load_config(None).finetune.train
+    assert cfg.finetune.train.lr == 3e-5
+    assert (cfg.finetune.train.eval_every, cfg.finetune.train.min_lr_ratio, cfg.finetune.train.beta2) == (
+        default.eval_every, default.min_lr_ratio, default.beta2) == (0, 0.0, 0.999)
+    assert load_config(None, ["--finetune.train.epochs=5"]).finetune.train.save_every == 0
