@@ -73,7 +73,7 @@ def check_finetune_config(cfg: Config) -> None:
     if ft.task == "tokens" and ft.method not in ("full", "freeze", "llrd", "lora"):
         raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
                               "choose full, freeze, llrd or lora")
-    if ft.patience and not (ft.data.dev and ft.train.eval_every >= 0):
+    if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")
 

@@ -137,18 +137,21 @@ def test_cloze_rejects_rows_without_a_mask(tokenizer):
         model(collate(plain, range(len(TOY))))
 
 
+def train_steps(model, objective, optimizer, batches, steps: int) -> None:
+    for _ in range(steps):
+        loss = objective(model, next(batches))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_few_shot_cloze_fine_tuning_lowers_the_loss(tokenizer):
     model = cloze_model(tokenizer).train()
     data = encode_cloze_examples(TOY, tokenizer, LABELS, TEMPLATE, 32)
     objective = ClassificationObjective(len(LABELS))
     before = objective.evaluate(model, iterate_once(data, 4))["loss"]
     optimizer = torch.optim.AdamW(model.param_groups(0.01), lr=3e-3)
-    batches = ClassificationLoader(data, batch_size=4, seed=0)
-    for _ in range(15):
-        loss = objective(model, next(batches))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, optimizer, ClassificationLoader(data, batch_size=4, seed=0), 15)
     after = objective.evaluate(model, iterate_once(data, 4))["loss"]
     assert after < 0.5 * before
 
@@ -171,12 +174,7 @@ def test_soft_prompt_trains_only_the_prompt_and_the_head(tokenizer):
     data = encode_examples(TOY, tokenizer, LABELS, max_len=16)
     objective = ClassificationObjective(len(LABELS))
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
-    batches = ClassificationLoader(data, batch_size=2, seed=0)
-    for _ in range(3):
-        loss = objective(model, next(batches))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, optimizer, ClassificationLoader(data, batch_size=2, seed=0), 3)
     assert all(torch.equal(v, frozen[k]) for k, v in model.backbone.state_dict().items())
     assert not torch.equal(model.prompt, prompt) and not torch.equal(model.head.weight, head)
     assert model.layer_id("prompt") == 0 and model.layer_id("head.weight") == 3
