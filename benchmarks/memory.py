@@ -1,12 +1,13 @@
 """Training memory against corpus size: the same BERT-mini MLM run on IMDB unsup and on a
 corpus 10x larger (the 50,000 reviews written ten times, each copy numbered so that no
 two documents are equal). Prints one JSON line per (corpus, phase) with the peak RSS of
-the process that ran it, measured by /usr/bin/time.
+the process that ran it, read from /proc/self/status in that process.
 
-    python benchmarks/memory.py [--steps 50] [--out DIR]   # Linux (/proc)
+    python benchmarks/memory.py [--steps 50] [--out DIR] [--copies 1,10] [--phases prepare,train]   # Linux
 
 Shards are memory-mapped, so training should need the same memory whatever the corpus
-size; preparation tokenizes into memory before writing, so it grows with the corpus.
+size; preparation appends each batch of encoded documents to disk, so it should too
+(only a one-byte hold-out flag per document stays in memory).
 Two numbers per phase: the peak resident set (VmHWM), which also counts the corpus pages
 the memory map has touched (file-backed, clean, reclaimable page cache), and the peak
 anonymous memory (RssAnon, sampled every 20 ms): what the process itself allocated.
@@ -91,23 +92,33 @@ def main() -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--tokenizer", default=str(ROOT / "runs" / "bert-mini-imdb" / "tokenizer.json"),
                         help="a tokenizer.json to load (training one is not what this measures)")
+    parser.add_argument("--copies", default="1,10", help="corpus sizes to measure, in copies of IMDB unsup")
+    parser.add_argument("--phases", default="prepare,train", help="prepare and/or train")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if not Path(args.tokenizer).is_file():
+        raise SystemExit(f"{args.tokenizer}: no such tokenizer file; pass --tokenizer PATH (any WordPiece "
+                         "tokenizer.json, e.g. a run directory's)")
+    phases = args.phases.split(",")
     out = Path(args.out or tempfile.mkdtemp(prefix="pretrainer-memory-"))
     out.mkdir(parents=True, exist_ok=True)
-    for copies in (1, 10):
+    for copies in map(int, args.copies.split(",")):
         corpus = out / f"imdb-x{copies}.txt"
         docs = write_corpus(corpus, copies) if not corpus.is_file() else copies * 50_000
         common = [str(ROOT / "configs" / "bert-mini-imdb.toml"), f"--run.dir={out / f'run-x{copies}'}",
                   f"--data.train=[\"{corpus}\"]", "--data.format=txt", f"--data.cache_dir={out / 'cache'}",
                   f"--tokenizer.path={args.tokenizer}", "--impl.progress=false"]
         shutil.rmtree(out / f"run-x{copies}", ignore_errors=True)
-        prepare = measured_run(["prepare", *common])
-        train = measured_run(["pretrain", *common, "--train.budget=", f"--train.max_steps={args.steps}",
-                              "--train.eval_every=0", "--train.save_every=0"])
-        for phase, m in (("prepare", prepare), ("train", train)):
+        measured = {}
+        if "prepare" in phases:
+            measured["prepare"] = measured_run(["prepare", *common])
+        if "train" in phases:
+            measured["train"] = measured_run(["pretrain", *common, "--train.budget=",
+                                              f"--train.max_steps={args.steps}", "--train.eval_every=0",
+                                              "--train.save_every=0"])
+        for phase, m in measured.items():
             print(json.dumps({"corpus": f"imdb-unsup x{copies}", "documents": docs, "phase": phase,
                               "steps": args.steps if phase == "train" else None, **m}),
                   flush=True)

@@ -88,6 +88,8 @@ class TrainConfig:
     accum: int = _field(1, "gradient accumulation steps")
     max_steps: int = _field(1000, "optimizer steps (ignored when `budget` or `epochs` is set)")
     epochs: float = _field(0.0, "train for this many passes over the data instead of max_steps")
+    min_steps: int = _field(0, "with `epochs`: train at least this many steps, so a small labeled subset "
+                               "gets more passes instead of a handful of updates (0 = off)")
     budget: str = _field("", "wall-clock budget, e.g. '30m', '90s', '1h'; the schedule ends on time")
     lr: float = _field(5e-4, "peak learning rate")
     weight_decay: float = _field(0.01, "AdamW decoupled weight decay (never on norms and biases)")
@@ -163,6 +165,9 @@ class PromptConfig:
     verbalizer: list[str] = _field([], "one word per label, in label order, each a single token "
                                        "of the vocabulary (e.g. [\"terrible\", \"great\"])")
     soft_tokens: int = _field(20, "soft_prompt: trainable vectors prepended to the input")
+    calibrate: bool = _field(True, "cloze_zero_shot: subtract each label's score on a content-free input (the "
+                                   "template with empty text), so an MLM head that prefers one verbalizer word "
+                                   "does not predict that label for everything (contextual calibration)")
 
 
 @dataclass

@@ -35,8 +35,9 @@ from pretrainer.data.sources import cache_root
 from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_file, train_tokenizer
 from pretrainer.errors import PretrainerError
 
-# Bump when the layout or the packing rules change, so old caches are not reused.
-SHARD_FORMAT = 1
+# Bump when the layout or the packing rules change, so old caches are not reused
+# (2: the hold-out is drawn over all documents read, empty ones included).
+SHARD_FORMAT = 2
 ENCODE_BATCH_DOCS = 1024
 
 
@@ -153,46 +154,56 @@ def open_prepared(directory: Path) -> PreparedCorpus:
 
 
 def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
+    """Tokenize batch by batch and append each batch to its split's files, so memory stays
+    flat however large the corpus (only per-document lengths are kept until the end)."""
     data = cfg.data
     if cfg.tokenizer.path:
         tokenizer = load_tokenizer(cfg.tokenizer.path, lowercase=cfg.tokenizer.lowercase)
+        n_documents = None
     else:
         log(f"training a {cfg.tokenizer.kind} tokenizer (vocab {cfg.tokenizer.vocab_size:,}) "
             f"on {', '.join(data.train)}")
         counted = _Counter(_documents(data.train, data, {}))
         tokenizer = train_tokenizer(counted, cfg.tokenizer)
-        if counted.n == 0:
-            raise PretrainerError(f"corpus is empty: {', '.join(data.train)} hold no documents")
+        n_documents = counted.n
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
+    train, held = _SplitWriter(out, "train", dtype, tokenizer), _SplitWriter(out, "eval", dtype, tokenizer)
 
     skipped: dict[str, int] = {}
-    train_tokens, train_lengths = _pack(_documents(data.train, data, skipped), tokenizer, dtype)
-    if len(train_lengths) == 0:
-        raise PretrainerError(f"corpus is empty: {', '.join(data.train)} hold no documents")
     if data.eval:
-        eval_tokens, eval_lengths = _pack(_documents(data.eval, data, skipped), tokenizer, dtype)
+        held_out = None
     else:
-        held_out = _choose_holdout(len(train_lengths), data.holdout, cfg.run.seed)
-        (train_tokens, train_lengths), (eval_tokens, eval_lengths) = _split_documents(
-            train_tokens, train_lengths, held_out)
+        if n_documents is None:  # the hold-out is drawn over document indices, so count them first
+            n_documents = sum(1 for _ in _documents(data.train, data, {}))
+        held_out = _choose_holdout(n_documents, data.holdout, cfg.run.seed)
+    first = 0  # index of the batch's first document in the corpus
+    for tokens, lengths, non_empty in _encoded_batches(_documents(data.train, data, skipped), tokenizer, dtype):
+        if held_out is None:
+            train.append(tokens, lengths)
+        else:
+            is_held = held_out[first:first + len(non_empty)][non_empty]
+            token_is_held = np.repeat(is_held, lengths + 1)  # each document's flag over its tokens + SEP
+            train.append(tokens[~token_is_held], lengths[~is_held])
+            held.append(tokens[token_is_held], lengths[is_held])
+        first += len(non_empty)
+    for tokens, lengths, _ in _encoded_batches(_documents(data.eval, data, skipped), tokenizer, dtype):
+        held.append(tokens, lengths)
+    if train.n_documents + (0 if data.eval else held.n_documents) == 0:
+        raise PretrainerError(f"corpus is empty: {', '.join(data.train)} hold no documents")
     for path, n in skipped.items():
         if n:
             log(f"{path}: skipped {n} lines that were not valid UTF-8")
 
     tokenizer.save(out)
-    splits = (("train", train_tokens, train_lengths), ("eval", eval_tokens, eval_lengths))
-    for split, tokens, lengths in splits:
-        doc_starts = np.cumsum(lengths + 1) - (lengths + 1)
-        np.save(out / f"{split}.npy", tokens)
-        np.save(out / f"{split}_doc_starts.npy", doc_starts.astype(np.int64))
-        np.save(out / f"{split}_sentence_starts.npy", find_sentence_starts(tokens, doc_starts, tokenizer))
+    train.close()
+    held.close()
     meta = {
-        "documents": int(len(train_lengths) + len(eval_lengths)),
-        "train_documents": int(len(train_lengths)),
-        "eval_documents": int(len(eval_lengths)),
-        "train_tokens": int(len(train_tokens)),
-        "eval_tokens": int(len(eval_tokens)),
-        "tokens": int(len(train_tokens) + len(eval_tokens)),
+        "documents": train.n_documents + held.n_documents,
+        "train_documents": train.n_documents,
+        "eval_documents": held.n_documents,
+        "train_tokens": train.n_tokens,
+        "eval_tokens": held.n_tokens,
+        "tokens": train.n_tokens + held.n_tokens,
         "skipped_bad_utf8_lines": int(sum(skipped.values())),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_kind": tokenizer.kind,
@@ -200,6 +211,44 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
         "format": SHARD_FORMAT,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+class _SplitWriter:
+    """One split's arrays (tokens, doc_starts, sentence_starts), appended to raw files batch by
+    batch and turned into .npy files by `close`."""
+
+    def __init__(self, out: Path, split: str, dtype, tokenizer: TextTokenizer):
+        self.tokenizer = tokenizer
+        self.n_tokens = 0
+        self.n_documents = 0
+        self.arrays = {out / f"{split}{suffix}.npy": (np.dtype(kind), open(out / f"{split}{suffix}.raw", "wb"))
+                       for suffix, kind in (("", dtype), ("_doc_starts", np.int64), ("_sentence_starts", np.int64))}
+
+    def append(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Packed documents (a separator after each) and their lengths without the separator."""
+        doc_starts = np.cumsum(lengths + 1) - (lengths + 1)
+        # Sentence starts are found per batch: a batch begins with a document, which always starts one.
+        sentence_starts = find_sentence_starts(tokens, doc_starts, self.tokenizer)
+        for array, (dtype, f) in zip((tokens, doc_starts + self.n_tokens, sentence_starts + self.n_tokens),
+                                     self.arrays.values()):
+            f.write(np.ascontiguousarray(array, dtype=dtype).tobytes())
+        self.n_tokens += len(tokens)
+        self.n_documents += len(lengths)
+
+    def close(self) -> None:
+        for path, (dtype, f) in self.arrays.items():
+            f.close()
+            _raw_to_npy(Path(f.name), path, dtype)
+
+
+def _raw_to_npy(raw: Path, npy: Path, dtype: np.dtype) -> None:
+    """Prefix a file of raw values with a .npy header (copying in blocks, never loading it)."""
+    n = raw.stat().st_size // dtype.itemsize
+    with open(npy, "wb") as f, open(raw, "rb") as values:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": (n,)})
+        shutil.copyfileobj(values, f, 1 << 24)
+    raw.unlink()
 
 
 class _Counter:
@@ -226,26 +275,35 @@ def _documents(paths: list[str], data: DataConfig, skipped: dict[str, int]) -> I
         skipped[path] = stats.bad_utf8_lines
 
 
-def _pack(documents: Iterable[str], tokenizer: TextTokenizer, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens with a separator after each document, (D,) tokens per document without separator)."""
-    token_chunks, length_chunks = [], []
+def _encoded_batches(documents: Iterable[str], tokenizer: TextTokenizer,
+                     dtype) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per batch of documents: (packed tokens with a separator after each document, tokens per
+    document without separator, which of the batch's documents had any tokens).
+
+    A document of only control characters has no tokens and is left out of the first two.
+    """
     documents = iter(documents)
     while batch := list(itertools.islice(documents, ENCODE_BATCH_DOCS)):
         ids = tokenizer.encode_batch(batch)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-        lengths = lengths[lengths > 0]  # a document of only control characters has no tokens
+        non_empty = lengths > 0
+        lengths = lengths[non_empty]
         separator_at = np.cumsum(lengths + 1) - 1
         packed = np.empty(len(flat) + len(lengths), dtype=dtype)
         is_separator = np.zeros(len(packed), dtype=bool)
         is_separator[separator_at] = True
         packed[is_separator] = tokenizer.doc_separator_id
         packed[~is_separator] = flat
-        token_chunks.append(packed)
-        length_chunks.append(lengths)
-    if not token_chunks:
+        yield packed, lengths, non_empty
+
+
+def _pack(documents: Iterable[str], tokenizer: TextTokenizer, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The whole of `documents` packed in memory: (tokens, (D,) tokens per document)."""
+    batches = list(_encoded_batches(documents, tokenizer, dtype))
+    if not batches:
         return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
-    return np.concatenate(token_chunks), np.concatenate(length_chunks)
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
 def _choose_holdout(n_docs: int, fraction: float, seed: int) -> np.ndarray:
@@ -256,12 +314,6 @@ def _choose_holdout(n_docs: int, fraction: float, seed: int) -> np.ndarray:
     k = min(n_docs - 1, max(1, round(fraction * n_docs)))
     held_out[np.random.default_rng(seed).choice(n_docs, size=k, replace=False)] = True
     return held_out
-
-
-def _split_documents(tokens: np.ndarray, lengths: np.ndarray, held_out: np.ndarray):
-    """Split packed documents into (kept, held out), each still packed, in corpus order."""
-    token_held_out = np.repeat(held_out, lengths + 1)  # (N,) each document's flag over its tokens + SEP
-    return ((tokens[~token_held_out], lengths[~held_out]), (tokens[token_held_out], lengths[held_out]))
 
 
 def find_sentence_starts(tokens: np.ndarray, doc_starts: np.ndarray, tokenizer: TextTokenizer) -> np.ndarray:

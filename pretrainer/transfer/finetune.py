@@ -165,6 +165,13 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
     trainable, total = count_parameters(model)
     if ft.method == "cloze_zero_shot":
         trainable = 0  # nothing is trained, whatever requires_grad says
+        if ft.prompt.calibrate:
+            from pretrainer.transfer.prompts import content_free_batch
+
+            bias = model.calibrate(content_free_batch(tokenizer, splits.label_names, ft.prompt.template,
+                                                      has_pairs="{pair}" in ft.prompt.template))
+            log("calibrated on the content-free input: label log-probabilities "
+                + ", ".join(f"{name} {b:.2f}" for name, b in zip(splits.label_names, bias.tolist())))
     objective = ClassificationObjective(len(splits.label_names))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
@@ -313,5 +320,5 @@ def total_steps(train_cfg, n_examples: int) -> int | None:
         return None
     if train_cfg.epochs > 0:
         per_epoch = math.ceil(n_examples / (train_cfg.batch_size * train_cfg.accum))
-        return max(1, math.ceil(train_cfg.epochs * per_epoch))
+        return max(1, math.ceil(train_cfg.epochs * per_epoch), train_cfg.min_steps)
     return train_cfg.max_steps

@@ -82,6 +82,17 @@ def encode_cloze_examples(examples: LabeledExamples, tokenizer: TextTokenizer, l
                           label_names=list(label_names), pad_id=tokenizer.pad_id)
 
 
+def content_free_batch(tokenizer: TextTokenizer, label_names: Sequence[str], template: str,
+                       has_pairs: bool) -> dict[str, torch.Tensor]:
+    """One cloze row with empty text (and pair): the template alone, for `ClozeClassifier.calibrate`."""
+    empty = LabeledExamples(texts=[""], pairs=[""] if has_pairs else None, labels=[label_names[0]],
+                            source="content-free input", line_numbers=[0])
+    # No text to truncate, so any length that holds the template will do.
+    ids = encode_cloze_examples(empty, tokenizer, label_names, template, max_len=1 << 20).input_ids[0]
+    return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.bool),
+            "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long)}
+
+
 def _without_mask(encoded: list[list[int]], tokenizer: TextTokenizer) -> list[list[int]]:
     # A literal "[MASK]" in the data would add a second mask; the classifier reads exactly one per row.
     return [[tokenizer.unk_id if t == tokenizer.mask_id else t for t in ids] if tokenizer.mask_id in ids else ids
@@ -125,6 +136,8 @@ class ClozeClassifier(WrapsBackbone):
         # the backbone's own keys. A buffer so it follows the model to its device.
         self.register_buffer("verbalizer_ids", torch.tensor(list(verbalizer_ids), dtype=torch.long),
                              persistent=False)
+        # Subtracted from the label scores; zero unless `calibrate` sets it (also not saved).
+        self.register_buffer("label_bias", torch.zeros(len(verbalizer_ids)), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = batch["input_ids"]
@@ -134,7 +147,23 @@ class ClozeClassifier(WrapsBackbone):
         hidden = self.backbone(input_ids, batch.get("attention_mask"), batch.get("token_type_ids"))  # (B, T, C)
         at_mask = hidden[is_mask]  # (B, C): one position per row, in row order
         # The vocabulary projection runs on B vectors only, never on all B * T positions.
-        return self.backbone.lm_logits(at_mask)[:, self.verbalizer_ids]  # (B, num_labels)
+        return self.backbone.lm_logits(at_mask)[:, self.verbalizer_ids] - self.label_bias  # (B, num_labels)
+
+    @torch.no_grad()
+    def calibrate(self, content_free: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Contextual calibration (Zhao et al., 2021): make every label equally likely on an input
+        that says nothing, by subtracting the label log-probabilities the model gives it.
+
+        `content_free` is a one-row cloze batch (the template around an empty text). Returns
+        the bias now subtracted from every row's label scores.
+        """
+        self.label_bias.zero_()
+        was_training = self.training
+        device = self.label_bias.device
+        scores = self.eval()({k: v.to(device) for k, v in content_free.items()}).log_softmax(dim=-1)[0]
+        self.train(was_training)
+        self.label_bias.copy_(scores)
+        return scores
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return decay_groups(self, weight_decay)

@@ -54,6 +54,26 @@ def test_eval_files_replace_the_holdout(corpus_config, tmp_path, documents):
     assert corpus.eval.num_documents == 3
 
 
+def test_shards_do_not_depend_on_the_encoding_batch_size(corpus_config, tmp_path, monkeypatch):
+    """The build appends batch by batch to disk; any batch size gives the same arrays."""
+    # One tokenizer for both builds: training one twice may order tied merges differently.
+    corpus_config.tokenizer.path = str(prepare_corpus(corpus_config, log=lambda m: None).cache_dir)
+    corpus_config.data.cache_dir = str(tmp_path / "cache-one-batch")
+    whole = prepare_corpus(corpus_config, log=lambda m: None)  # 200 documents: one batch
+    monkeypatch.setattr(shards, "ENCODE_BATCH_DOCS", 7)
+    corpus_config.data.cache_dir = str(tmp_path / "cache-small-batches")
+    batched = prepare_corpus(corpus_config, log=lambda m: None)
+    for split in ("train", "eval"):
+        a, b = getattr(whole, split), getattr(batched, split)
+        for name in ("tokens", "doc_starts", "sentence_starts"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), (split, name)
+        # sentence starts found per batch equal those found over the whole split at once
+        assert np.array_equal(b.sentence_starts, shards.find_sentence_starts(
+            np.asarray(b.tokens), np.asarray(b.doc_starts), batched.tokenizer))
+    assert whole.meta == batched.meta
+    assert not list(batched.cache_dir.glob("*.raw"))  # the raw parts became .npy files
+
+
 def test_second_prepare_reuses_the_cache(corpus_config, monkeypatch):
     first = prepare_corpus(corpus_config, log=lambda m: None)
 
@@ -61,7 +81,7 @@ def test_second_prepare_reuses_the_cache(corpus_config, monkeypatch):
         raise AssertionError("the cached corpus was tokenized again")
 
     monkeypatch.setattr(shards, "train_tokenizer", must_not_run)
-    monkeypatch.setattr(shards, "_pack", must_not_run)
+    monkeypatch.setattr(shards, "_encoded_batches", must_not_run)
     lines = []
     second = prepare_corpus(corpus_config, log=lines.append)
     assert second.cache_dir == first.cache_dir
@@ -94,7 +114,7 @@ def test_a_failed_build_leaves_nothing_behind(corpus_config, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "_pack", crash)
+    monkeypatch.setattr(shards, "_encoded_batches", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_corpus(corpus_config, log=lambda m: None)
     assert list((Path(corpus_config.data.cache_dir) / "shards").iterdir()) == []

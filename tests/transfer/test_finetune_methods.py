@@ -184,6 +184,16 @@ def test_few_labels_by_count_and_early_stopping(tiny_task):
     assert any("early stop" in str(line) for line in logged)
 
 
+def test_min_steps_gives_a_small_subset_more_passes(tiny_task):
+    import dataclasses
+
+    cfg, tmp = tiny_task
+    ft = dataclasses.replace(cfg.finetune, n_labels=8, dir=str(tmp / "ft-min-steps"),
+                             train=dataclasses.replace(cfg.finetune.train, batch_size=4, epochs=1.0, min_steps=7))
+    results = finetune(dataclasses.replace(cfg, finetune=ft), log=lambda *_: None)
+    assert results["steps"] == 7  # one epoch of 8 labels is 2 steps; min_steps raises it to 7
+
+
 def test_evaluation_sample_is_stratified_fixed_and_keeps_line_numbers():
     from pretrainer.data.readers import LabeledExamples
     from pretrainer.transfer.finetune import evaluation_sample

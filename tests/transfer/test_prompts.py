@@ -12,8 +12,8 @@ from pretrainer.data.tokenizer import train_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.objectives.classification import ClassificationObjective
-from pretrainer.transfer.prompts import (ClozeClassifier, SoftPromptClassifier, encode_cloze_examples,
-                                         verbalizer_token_ids)
+from pretrainer.transfer.prompts import (ClozeClassifier, SoftPromptClassifier, content_free_batch,
+                                         encode_cloze_examples, verbalizer_token_ids)
 
 TEMPLATE = "{text} it was {mask} ."
 LABELS = ["neg", "pos"]
@@ -128,6 +128,23 @@ def test_cloze_predicts_the_verbalizer_with_the_highest_mlm_score(tokenizer):
     with torch.no_grad():
         model.backbone.mlm_head.bias[terrible] = 200.0
     assert model(collate(data, range(len(TOY)))).argmax(-1).tolist() == [0] * len(TOY)
+
+
+def test_calibration_undoes_a_head_that_prefers_one_word(tokenizer):
+    model = cloze_model(tokenizer)
+    batch = collate(encode_cloze_examples(TOY, tokenizer, LABELS, TEMPLATE, 32), range(len(TOY)))
+    with torch.no_grad():
+        model.backbone.mlm_head.bias[tokenizer.token_to_id("great")] = 100.0  # "great" wins everywhere
+    raw = model(batch)
+    empty = content_free_batch(tokenizer, LABELS, TEMPLATE, has_pairs=False)
+    assert empty["input_ids"][0].tolist() == [tokenizer.cls_id, *tokenizer.encode_batch(["it was"])[0],
+                                              tokenizer.mask_id, *tokenizer.encode_batch(["."])[0], tokenizer.sep_id]
+    bias = model.calibrate(empty)
+    # The content-free input now scores both labels alike, and every row moves by the same bias.
+    torch.testing.assert_close(model(empty).softmax(-1)[0], torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(model(batch), raw - bias)
+    assert model(batch).argmax(-1).tolist() != [1] * len(TOY)
+    assert "label_bias" not in model.state_dict()
 
 
 def test_cloze_rejects_rows_without_a_mask(tokenizer):
