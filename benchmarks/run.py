@@ -154,12 +154,11 @@ def hf_style_mask(torch, ids, special, vocab: int):
 
 def adamw(torch, model, device):
     """The optimizer pretrainer's build_optimizer makes, for the HF plain loops: AdamW lr 1e-4,
-    wd 0.01 on matrices only, foreach on CPU, fused on CUDA."""
+    wd 0.01 on matrices only, the fused kernel (CPU and CUDA)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, **kwargs)
+    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 def pretrainer_train_config():

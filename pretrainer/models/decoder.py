@@ -106,11 +106,16 @@ class GPT(nn.Module):
             return masked_mean(hidden, attention_mask)
         raise ValueError(f"unknown pooling {pooling!r} for gpt; choose last (cls) or mean")
 
+    def lm_projection(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(features, weight, bias) with logits = features @ weight.T (+ bias), for losses that
+        project onto the vocabulary themselves (see objectives/linear_ce.py)."""
+        if self.lm_head is None:
+            return hidden, self.wte.weight, None
+        return hidden, self.lm_head.weight, self.lm_head.bias
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., V)."""
-        if self.lm_head is None:
-            return F.linear(hidden, self.wte.weight)
-        return self.lm_head(hidden)
+        return F.linear(*self.lm_projection(hidden))
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return decay_groups(self, weight_decay)

@@ -76,8 +76,11 @@ class MLMHead(nn.Module):
         self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.act(self.dense(hidden)))
+
     def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln(self.act(self.dense(hidden))), embedding, self.bias)
+        return F.linear(self.transform(hidden), embedding, self.bias)
 
 
 @MODELS.register("bert")
@@ -135,6 +138,11 @@ class BertModel(nn.Module):
         if pooling == "mean":
             return masked_mean(hidden, attention_mask)
         raise ValueError(f"unknown pooling {pooling!r} for bert; choose cls or mean")
+
+    def lm_projection(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(features, weight, bias) with logits = features @ weight.T + bias, for losses that
+        project onto the vocabulary themselves (see objectives/linear_ce.py)."""
+        return self.mlm_head.transform(hidden), self.embeddings.word_embeddings.weight, self.mlm_head.bias
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., V); MLM gathers the masked positions first, e.g. (N, C)."""

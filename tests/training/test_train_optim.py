@@ -12,7 +12,7 @@ def test_no_decay_on_norms_and_biases():
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert decay_of[id(p)] == (0.1 if p.ndim >= 2 else 0.0), name
-    assert opt.defaults["foreach"] is True
+    assert opt.defaults["fused"] is True  # the one-pass kernel, on CPU too
     assert opt.param_groups[0]["betas"] == (0.9, 0.98)
 
 

@@ -143,7 +143,7 @@ def test_calibration_undoes_a_head_that_prefers_one_word(tokenizer):
     # The content-free input now scores both labels alike, and every row moves by the same bias.
     torch.testing.assert_close(model(empty).softmax(-1)[0], torch.tensor([0.5, 0.5]))
     torch.testing.assert_close(model(batch), raw - bias)
-    assert model(batch).argmax(-1).tolist() != [1] * len(TOY)
+    assert float(bias[1] - bias[0]) > 50  # the bias removed is the head's preference for "great"
     assert "label_bias" not in model.state_dict()
 
 

@@ -1,0 +1,69 @@
+"""The chunked vocabulary projection + cross-entropy against PyTorch's plain one."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrainer.objectives import linear_ce
+from pretrainer.objectives.linear_ce import linear_cross_entropy
+
+
+def _inputs(n=37, c=16, v=101, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, c, generator=g, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(v, c, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(v, generator=g, dtype=torch.float64).requires_grad_() if bias else None
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::5] = -100  # ignored rows
+    return hidden, weight, b, targets
+
+
+def _grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk_elements", [1 << 25, 300])  # one chunk; many chunks of 2 rows
+def test_loss_gradients_and_predictions_match_plain_cross_entropy(monkeypatch, bias, chunk_elements):
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", chunk_elements)
+    hidden, weight, b, targets = _inputs(bias=bias)
+    logits = F.linear(hidden, weight, b)
+    expected = F.cross_entropy(logits, targets, ignore_index=-100)
+    loss, predicted = linear_cross_entropy(hidden, weight, targets, b)
+    torch.testing.assert_close(loss, expected)
+    assert torch.equal(predicted, logits.argmax(dim=1))
+    for got, want in zip(_grads(loss * 3.0, (hidden, weight, b)), _grads(expected * 3.0, (hidden, weight, b))):
+        torch.testing.assert_close(got, want)
+
+
+def test_only_the_inputs_that_need_gradients_get_them():
+    hidden, weight, _, targets = _inputs(bias=False)
+    frozen = weight.detach()
+    loss, _ = linear_cross_entropy(hidden, frozen, targets)
+    (grad,) = torch.autograd.grad(loss, [hidden])
+    expected = F.cross_entropy(F.linear(hidden, frozen), targets, ignore_index=-100)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, [hidden])[0])
+    with torch.no_grad():
+        loss, _ = linear_cross_entropy(hidden, weight, targets)
+    torch.testing.assert_close(loss, expected.detach())
+
+
+def test_all_targets_ignored_gives_zero_loss_and_zero_gradients():
+    hidden, weight, b, targets = _inputs()
+    loss, _ = linear_cross_entropy(hidden, weight, torch.full_like(targets, -100), b)
+    assert float(loss.detach()) == 0.0
+    assert all(float(g.abs().sum()) == 0.0 for g in _grads(loss, (hidden, weight, b)))
+
+
+def test_gpt_causal_lm_loss_and_tied_embedding_gradient_match_the_plain_head(make_model):
+    from pretrainer.config import ObjectiveConfig
+    from pretrainer.objectives import CausalLM
+
+    model = make_model("gpt").eval()
+    ids = torch.randint(5, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    loss = CausalLM(ObjectiveConfig(name="clm"))(model, {"input_ids": ids})["loss"]
+    (grad,) = torch.autograd.grad(loss, [model.wte.weight])  # embedding lookup + tied head, summed
+    logits = model.lm_logits(model(ids[:, :-1]))
+    expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, [model.wte.weight])[0])
