@@ -26,14 +26,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     """Mean cross-entropy of `hidden @ weight.T (+ bias)` against `targets` over the rows whose
     target is not `ignore_index`; the same value and gradients as `F.cross_entropy` on the logits.
 
-    hidden (N, C), weight (V, C), targets (N,), bias (V,) or None. Returns (loss, the argmax
-    of each row's logits (N,)). Under autocast the plain path runs (the chunked one computes
-    in the inputs' own dtype).
+    hidden (N, C), weight (V, C), targets (N,), bias (V,) or None. Returns (loss, hits): hits
+    (N,) bool says where the target has the highest logit (accuracy without an argmax, which
+    is several times slower than a max on the CPU). Under autocast the plain path runs (the
+    chunked one computes in the inputs' own dtype).
     """
     if torch.is_autocast_enabled(hidden.device.type):
-        logits = torch.nn.functional.linear(hidden, weight, bias)
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
-        return loss, logits.detach().argmax(dim=-1)
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+        with torch.no_grad():
+            target_logit = logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1)
+            return loss, (target_logit >= logits.amax(dim=1)) & (targets != ignore_index)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index)
 
 
@@ -43,13 +46,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n_rows, vocab = hidden.shape[0], weight.shape[0]
         chunk = max(1, CHUNK_ELEMENTS // vocab)
         need_grads = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if need_grads[0] else None
-        grad_weight = torch.zeros_like(weight) if need_grads[1] else None
-        grad_bias = torch.zeros_like(bias) if bias is not None and need_grads[2] else None
+        want_hidden, want_weight, want_bias = need_grads[0], need_grads[1], bias is not None and need_grads[2]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = grad_bias = None  # the first chunk's gradients, then sums (no zero-filled start)
         loss_sum = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         valid = targets != ignore_index
         n_valid = valid.sum()
-        predictions = torch.empty(n_rows, dtype=torch.long, device=hidden.device)
+        hits = torch.empty(n_rows, dtype=torch.bool, device=hidden.device)
         for start in range(0, n_rows, chunk):
             rows = slice(start, min(start + chunk, n_rows))
             h, t, ok = hidden[rows], targets[rows], valid[rows]
@@ -58,34 +61,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits += bias
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()  # softmax in at least fp32
-            torch.argmax(logits, dim=1, out=predictions[rows])
+            log_probs = torch.log_softmax(logits, dim=1)  # one fused pass; cheaper than logsumexp
+            del logits
             safe_t = t.masked_fill(~ok, 0)  # any class for ignored rows; their terms are zeroed
-            lse = torch.logsumexp(logits, dim=1)
-            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
-            loss_sum += ((lse - target_logit) * ok).sum()
-            if grad_hidden is None and grad_weight is None and grad_bias is None:
+            target_log_prob = log_probs.gather(1, safe_t[:, None]).squeeze(1)
+            loss_sum -= (target_log_prob * ok).sum()
+            hits[rows] = (target_log_prob >= log_probs.amax(dim=1)) & ok
+            if not (want_hidden or want_weight or want_bias):
                 continue
             # d(sum of losses) / d logits = softmax - one_hot(target), zero on ignored rows; in place.
-            grad_logits = logits.sub_(lse[:, None]).exp_()
+            grad_logits = log_probs.exp_()
             grad_logits[torch.arange(len(t), device=t.device), safe_t] -= 1.0
             if not bool(ok.all()):
                 grad_logits *= ok[:, None]
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 torch.mm(grad_logits, weight, out=grad_hidden[rows])
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, h)
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(dim=0)
+            if want_weight:
+                grad_weight = grad_logits.T @ h if grad_weight is None else grad_weight.addmm_(grad_logits.T, h)
+            if want_bias:
+                column_sums = grad_logits.sum(dim=0)
+                grad_bias = column_sums if grad_bias is None else grad_bias.add_(column_sums)
+        if n_rows == 0:  # no chunk ran: the gradients are zero
+            grad_weight = torch.zeros_like(weight) if want_weight else None
+            grad_bias = torch.zeros_like(bias) if want_bias else None
         scale = 1.0 / n_valid.clamp_min(1).to(loss_sum.dtype)
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight,
                                                                                  grad_bias)), scale)
         ctx.has = tuple(g is not None for g in (grad_hidden, grad_weight, grad_bias))
-        ctx.mark_non_differentiable(predictions)
-        return loss_sum * scale, predictions
+        ctx.mark_non_differentiable(hits)
+        return loss_sum * scale, hits
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_predictions):
+    def backward(ctx, grad_loss, _grad_hits):
         *grads, scale = ctx.saved_tensors
         factor = grad_loss * scale
         out = [g * factor.to(g.dtype) if has else None for g, has in zip(grads, ctx.has)]

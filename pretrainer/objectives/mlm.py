@@ -91,8 +91,8 @@ class MaskedLM:
             zero = hidden.sum() * 0.0
             return zero, zero.detach(), 0
         features, weight, bias = model.lm_projection(hidden[chosen])  # (N, C), (V, C), (V,)
-        loss, predicted = linear_cross_entropy(features, weight, targets, bias)
-        n_correct = (predicted == targets).sum()
+        loss, hits = linear_cross_entropy(features, weight, targets, bias)
+        n_correct = hits.sum()
         return loss, n_correct, targets.numel()
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:

@@ -14,6 +14,8 @@ def _inputs(n=37, c=16, v=101, bias=True, seed=0):
     weight = torch.randn(v, c, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(v, generator=g, dtype=torch.float64).requires_grad_() if bias else None
     targets = torch.randint(0, v, (n,), generator=g)
+    with torch.no_grad():
+        targets[1::3] = F.linear(hidden, weight, b).argmax(dim=1)[1::3]  # rows the "model" gets right
     targets[::5] = -100  # ignored rows
     return hidden, weight, b, targets
 
@@ -29,9 +31,9 @@ def test_loss_gradients_and_predictions_match_plain_cross_entropy(monkeypatch, b
     hidden, weight, b, targets = _inputs(bias=bias)
     logits = F.linear(hidden, weight, b)
     expected = F.cross_entropy(logits, targets, ignore_index=-100)
-    loss, predicted = linear_cross_entropy(hidden, weight, targets, b)
+    loss, hits = linear_cross_entropy(hidden, weight, targets, b)
     torch.testing.assert_close(loss, expected)
-    assert torch.equal(predicted, logits.argmax(dim=1))
+    assert torch.equal(hits, (logits.argmax(dim=1) == targets) & (targets != -100)) and 5 <= int(hits.sum()) < 37
     for got, want in zip(_grads(loss * 3.0, (hidden, weight, b)), _grads(expected * 3.0, (hidden, weight, b))):
         torch.testing.assert_close(got, want)
 
@@ -67,3 +69,10 @@ def test_gpt_causal_lm_loss_and_tied_embedding_gradient_match_the_plain_head(mak
     expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(grad, torch.autograd.grad(expected, [model.wte.weight])[0])
+
+
+def test_no_rows_gives_zero_loss_and_zero_gradients():
+    hidden, weight, b, _ = _inputs()
+    loss, hits = linear_cross_entropy(hidden[:0], weight, torch.zeros(0, dtype=torch.long), b)
+    assert float(loss.detach()) == 0.0 and hits.shape == (0,)
+    assert all(float(g.abs().sum()) == 0.0 for g in _grads(loss, (weight, b)))
