@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from pretrainer.data.labeled import EncodedDataset, label_indices
+from pretrainer.data.labeled import EncodedDataset, collate, label_indices
 from pretrainer.data.readers import LabeledExamples
 from pretrainer.data.tokenizer import TextTokenizer, truncate_longest_first
 from pretrainer.errors import PretrainerError
@@ -88,9 +88,7 @@ def content_free_batch(tokenizer: TextTokenizer, label_names: Sequence[str], tem
     empty = LabeledExamples(texts=[""], pairs=[""] if has_pairs else None, labels=[label_names[0]],
                             source="content-free input", line_numbers=[0])
     # No text to truncate, so any length that holds the template will do.
-    ids = encode_cloze_examples(empty, tokenizer, label_names, template, max_len=1 << 20).input_ids[0]
-    return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.bool),
-            "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long)}
+    return collate(encode_cloze_examples(empty, tokenizer, label_names, template, max_len=1 << 20), [0])
 
 
 def _without_mask(encoded: list[list[int]], tokenizer: TextTokenizer) -> list[list[int]]:
