@@ -75,7 +75,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if not bool(ok.all()):
                 grad_logits *= ok[:, None]
             grad_logits = grad_logits.to(hidden.dtype)
-            if grad_hidden is not None:
+            if want_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[rows])
             if want_weight:
                 grad_weight = grad_logits.T @ h if grad_weight is None else grad_weight.addmm_(grad_logits.T, h)
