@@ -648,7 +648,8 @@ def fmt(value, spec: str = ".0f") -> str:
 
 def print_table(rows: list[dict]) -> None:
     print()
-    header = f"{'workload':<13} {'impl':<11} {'metric':<15} {'median':>10} {'ratio':>26} {'MFU':>7} {'peak RSS MB':>12} {'n':>3}"
+    header = (f"{'workload':<13} {'impl':<11} {'metric':<15} {'median':>10} {'ratio':>26} {'MFU':>7} "
+              f"{'peak RSS MB':>12} {'n':>3}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -672,7 +673,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per impl (default 5, quick 3)")
     p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default 30, quick 6)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3, quick 1)")
-    p.add_argument("--steps", type=int, default=0, help="stop a measurement after this many timed steps (0 = time only)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="stop a measurement after this many timed steps (0 = time only)")
     p.add_argument("--threads", type=int, default=0, help="torch / tokenizers threads in every child (0 = all CPUs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
@@ -681,7 +683,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny shapes and 1 step: check the paths, not the speed")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick_or_full = (lambda q, f: q if args.quick else f)
+
+    def quick_or_full(quick, full):
+        return quick if args.quick else full
+
     args.repeats = args.repeats or (1 if args.smoke else quick_or_full(3, 5))
     args.seconds = args.seconds if args.seconds is not None else (0.0 if args.smoke else quick_or_full(6.0, 30.0))
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else quick_or_full(1, 3))

@@ -49,7 +49,8 @@ class DataConfig:
     format: str = _field("auto", "file format", ("auto", "txt", "jsonl", "csv", "tsv"))
     text_field: str = _field("text", "jsonl/csv column holding the text")
     txt_documents: str = _field("line", "txt: one document per line, or blank-line separated", ("line", "blank"))
-    on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: stop with an error or skip and count it", ("error", "skip"))
+    on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: stop with an error or skip and count it",
+                              ("error", "skip"))
     holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty")
     max_documents: int = _field(0, "read at most this many documents per file (0 = all)")
     cache_dir: str = _field("", "where prepared shards are cached (default: user cache dir)")

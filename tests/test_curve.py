@@ -12,7 +12,8 @@ def random_rows(words: list[str], seed: int, n: int = 40) -> list[dict]:
 
 
 def test_curve_runs_grid_and_reuses_finished_runs(tmp_path, tiny_transfer_task, task_words):
-    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 0), "--curve.fractions=[0.25, 1.0]", "--curve.seeds=[0, 1]")
+    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 0), "--curve.fractions=[0.25, 1.0]",
+                             "--curve.seeds=[0, 1]")
 
     summary = curve(cfg, log=lambda *_: None)
     assert [(r["init"], r["fraction"], r["labels"], r["n"]) for r in summary] == [
@@ -40,8 +41,9 @@ def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, t
     from pretrainer.errors import PretrainerError
     from pretrainer.transfer.curve import curve_starts, label_amount
 
-    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 1), "--model.n_layers=2", '--curve.methods=["full", "probe"]',
-                             "--curve.fractions=[8, 1.0]", "--curve.seeds=[0]", seed=1)
+    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 1), "--model.n_layers=2",
+                             '--curve.methods=["full", "probe"]', "--curve.fractions=[8, 1.0]", "--curve.seeds=[0]",
+                             seed=1)
     assert {name: s["method"] for name, s in curve_starts(cfg).items()} == {
         "pre-trained full": "full", "pre-trained probe": "probe", "scratch": "full"}
 

@@ -91,8 +91,8 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
         ["init", "labels", "test accuracy", "macro-F1", "fine-tune time"])
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    plot_label_efficiency(summarize(rows, ["init", "labels"], "accuracy"), out / "label_efficiency.png", metric="accuracy",
-                          title="Rotten Tomatoes: pre-trained vs from scratch")
+    plot_label_efficiency(summarize(rows, ["init", "labels"], "accuracy"), out / "label_efficiency.png",
+                          metric="accuracy", title="Rotten Tomatoes: pre-trained vs from scratch")
     plot_training_curves(pretrain_dir / "metrics.jsonl", out / "pretraining_loss.png")
     log("")
     log(table)

@@ -22,7 +22,8 @@ def _config_command(name: str, help: str, resume: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrainer", description="Self-supervised pre-training and transfer learning.")
+    parser = argparse.ArgumentParser(prog="pretrainer",
+                                     description="Self-supervised pre-training and transfer learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_command("prepare", "read the corpus, train or load the tokenizer, write token shards")(sub)
     _config_command("pretrain", "self-supervised pre-training (the objective named in the config)", resume=True)(sub)

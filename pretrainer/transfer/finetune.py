@@ -210,7 +210,8 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
 
 
 def train_and_select(cfg: Config, model: nn.Module, objective, batches, n_examples: int, run_dir: Path,
-                     evaluate: Callable[[nn.Module], dict] | None, has_dev: bool, metric: str, resume: bool, log) -> int:
+                     evaluate: Callable[[nn.Module], dict] | None, has_dev: bool, metric: str, resume: bool,
+                     log) -> int:
     """`fit` with model selection on dev: early stopping (finetune.patience) and the best
     evaluation's weights restored at the end (finetune.keep_best). Returns the steps taken."""
     from pretrainer.training.loop import fit
