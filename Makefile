@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-dist test-all install clean
+.PHONY: demo test test-dist test-extra test-all install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Multi-process torch.distributed tests (gloo, 2 processes on the CPU): CI's second step.
+# Multi-process torch.distributed tests (gloo, 2 processes on the CPU).
 test-dist: $(STAMP)
 	$(PY) -m pytest -q -m distributed
+
+# What the default run leaves out, GPU tests aside: multi-process and slow tests. CI's second step.
+test-extra: $(STAMP)
+	$(PY) -m pytest -q -m 'distributed or slow'
 
 # Slow and multi-process tests too (the second CI step).
 test-all: $(STAMP)

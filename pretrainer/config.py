@@ -10,6 +10,7 @@ validates its own fields.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -274,6 +275,9 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of `data` with `--a.b=value` overrides applied; `data` itself is left alone (a
+    preset dict reused for several configs must not collect one config's overrides)."""
+    data = copy.deepcopy(data)
     for arg in overrides:
         keys, value = parse_override(arg)
         node = data

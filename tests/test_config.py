@@ -52,6 +52,17 @@ def test_wrong_type_names_key(tmp_path, text, key):
         load_config(write(tmp_path, text))
 
 
+def test_overrides_leave_the_base_dict_alone():
+    # The demo builds several configs from one preset dict: one config's overrides (say,
+    # from_scratch) must not leak into the next.
+    base = {"finetune": {"init": "a", "train": {"epochs": 2.0}}}
+    scratch = load_config(None, ["--finetune.from_scratch=true", "--finetune.train.epochs=5"], base=base)
+    plain = load_config(None, [], base=base)
+    assert scratch.finetune.from_scratch and scratch.finetune.train.epochs == 5
+    assert not plain.finetune.from_scratch and plain.finetune.train.epochs == 2
+    assert base == {"finetune": {"init": "a", "train": {"epochs": 2.0}}}
+
+
 def test_override_unknown_key():
     with pytest.raises(PretrainerError, match="unknown config key 'train.nope'"):
         load_config(None, ["--train.nope=1"])

@@ -54,6 +54,9 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     # The held-out reviews are a test set only: nothing is selected on them.
     result = json.loads((tmp_path / "demo" / "finetune" / "pre-trained-10pct" / "results.json").read_text())
     assert "test" in result and "dev" not in result
+    # The MiniLM row starts from its weights, not from scratch after the scratch rows.
+    result = json.loads((tmp_path / "demo" / "finetune" / "minilm-10pct" / "results.json").read_text())
+    assert not result["init"].startswith("scratch")
     for name in ("results.md", "results.json", "label_efficiency.png", "pretraining_loss.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert (tmp_path / "demo" / "pretrain" / "model.safetensors").exists()
