@@ -3,7 +3,9 @@
 import csv
 import random
 
-from pretrainer.transfer.curve import curve
+import pytest
+
+from pretrainer.transfer.curve import _labels_cell, curve
 
 
 def random_rows(words: list[str], seed: int, n: int = 40) -> list[dict]:
@@ -36,8 +38,6 @@ def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, t
     is a number of labels; the summary names trainable parameters."""
     import dataclasses
 
-    import pytest
-
     from pretrainer.errors import PretrainerError
     from pretrainer.transfer.curve import curve_starts, label_amount
 
@@ -57,3 +57,9 @@ def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, t
     with pytest.raises(PretrainerError, match="curve.fractions"):
         label_amount(2.5)
     assert dataclasses.replace(cfg.finetune, **label_amount(8)).n_labels == 8
+
+
+@pytest.mark.parametrize("fraction, labels, cell", [(0.01, 69, "1% (69)"), (1.0, 6920, "100% (6,920)"), (32, 32, "32"),
+                                                    (1.0, 0, "0")])
+def test_labels_cell(fraction, labels, cell):
+    assert _labels_cell(fraction, labels) == cell

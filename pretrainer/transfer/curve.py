@@ -78,7 +78,7 @@ def curve(cfg: Config, log=print) -> list[dict]:
                              "accuracy": results[split]["accuracy"], "macro_f1": results[split]["macro_f1"],
                              "trainable_params": results.get("trainable_params", ""),
                              "seconds": results["train_seconds"]})
-                log(f"{name:>14}  {fraction:>6.1%} ({results['n_labels']:>6,} labels)  seed {seed}  "
+                log(f"{name:>14}  {_labels_cell(fraction, results['n_labels']):>14} labels  seed {seed}  "
                     f"{split} accuracy {results[split]['accuracy']:.4f}  ({results['train_seconds']:.0f}s)")
 
     _write_csv(out / "runs.csv", runs)
@@ -106,7 +106,8 @@ def curve(cfg: Config, log=print) -> list[dict]:
 
 
 def _labels_cell(fraction: float, labels: int) -> str:
-    return f"{labels:,}" if fraction > 1 else f"{fraction:.0%} ({labels:,})"
+    """"1% (69)" for a fraction, "32" for a count, "0" for zero-shot (which uses no labels)."""
+    return f"{labels:,}" if fraction > 1 or labels == 0 else f"{fraction:.0%} ({labels:,})"
 
 
 def _finished(run_dir: Path) -> dict | None:
