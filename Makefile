@@ -28,7 +28,7 @@ test-dist: $(STAMP)
 test-extra: $(STAMP)
 	$(PY) -m pytest -q -m 'distributed or slow'
 
-# Slow and multi-process tests too (the second CI step).
+# Everything: the default run, multi-process, slow and (on a CUDA machine) GPU tests.
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 

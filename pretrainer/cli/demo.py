@@ -45,12 +45,11 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
     log(f"      {len(news):,} news articles, {len(train):,} train / {len(test):,} test reviews in {data_dir}")
 
     pretrain_dir = out / "pretrain"
-    base = dict(DEMO)
     overrides = [f"--run.dir={json.dumps(str(pretrain_dir))}",
                  f"--data.train={json.dumps(str(data_dir / 'corpus.jsonl'))}",
                  f"--finetune.data.train={json.dumps(str(data_dir / 'rt_train.jsonl'))}",
                  f"--finetune.data.test={json.dumps(str(data_dir / 'rt_test.jsonl'))}"]
-    cfg = load_config(None, overrides, base=base)
+    cfg = load_config(None, overrides, base=DEMO)
 
     log(f"[2/4] pre-training BERT ({cfg.model.n_layers} layers, hidden {cfg.model.d_model}) with masked LM "
         f"for {cfg.train.budget}")
@@ -74,7 +73,7 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
             ft_cfg = load_config(None, overrides + init_overrides + [
                 f"--finetune.label_fraction={fraction}",
                 f"--finetune.dir={json.dumps(str(out / 'finetune' / name))}",
-            ], base=base)
+            ], base=DEMO)
             result = finetune(ft_cfg, log=lambda *_: None)
             test = result["test"]
             rows.append({"init": init, "fraction": fraction, "labels": result["n_labels"],
