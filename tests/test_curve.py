@@ -33,6 +33,19 @@ def test_curve_runs_grid_and_reuses_finished_runs(tmp_path, tiny_transfer_task, 
     assert marker.stat().st_mtime_ns == before
 
 
+def test_scratch_baseline_can_run_at_its_own_fractions(tmp_path, tiny_transfer_task, task_words):
+    """The question "does 10% pre-trained beat 100% from scratch?" needs scratch only at 100%."""
+    cfg = tiny_transfer_task(tmp_path, random_rows(task_words, 2), "--curve.fractions=[0.25]",
+                             "--curve.scratch_fractions=[1.0]", "--curve.seeds=[0]")
+
+    summary = curve(cfg, log=lambda *_: None)
+    assert [(r["init"], r["fraction"], r["labels"]) for r in summary] == [("pre-trained", 0.25, 10),
+                                                                           ("scratch", 1.0, 40)]
+    assert sorted(p.name for p in (tmp_path / "run" / "curve" / "runs").iterdir()) == [
+        "pre-trained-0.25-seed0", "scratch-1-seed0"]
+    assert (tmp_path / "run" / "curve" / "label_efficiency.png").stat().st_size > 0
+
+
 def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, task_words):
     """Methods multiply the pre-trained start (scratch stays full fine-tuning); a fraction above 1
     is a number of labels; the summary names trainable parameters."""

@@ -63,7 +63,8 @@ def curve(cfg: Config, log=print) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for name, changes in curve_starts(cfg).items():
-        for fraction in cfg.curve.fractions:
+        scratch = changes["from_scratch"] and cfg.curve.scratch_fractions
+        for fraction in cfg.curve.scratch_fractions if scratch else cfg.curve.fractions:
             for seed in cfg.curve.seeds:
                 run_dir = out / "runs" / f"{_slug(name)}-{fraction:g}-seed{seed}"
                 results = _finished(run_dir)
@@ -96,12 +97,12 @@ def curve(cfg: Config, log=print) -> list[dict]:
          "seeds": r["n"]} for r in summary])
     atomic_write_text(out / "summary.md", table + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    if len(cfg.curve.fractions) > 1:
+    if len({r["fraction"] for r in runs}) > 1:
         plot_label_efficiency(summary, out / "label_efficiency.png", metric="accuracy",
                               title="accuracy vs number of labels (mean ± std over seeds)")
     log(table)
     log(f"curve written to {out} (runs.csv, summary.md, summary.json"
-        f"{', label_efficiency.png' if len(cfg.curve.fractions) > 1 else ''})")
+        f"{', label_efficiency.png' if len({r['fraction'] for r in runs}) > 1 else ''})")
     return summary
 
 
