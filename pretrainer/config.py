@@ -197,6 +197,9 @@ class FinetuneConfig:
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
                                   "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
     classifier_dropout: float = _field(0.1, "dropout before the classification head")
+    case_features: bool = _field(False, "task tokens: add a learned word-shape vector (lower, Title, UPPER, "
+                                        "...) to each word's embedding, the capitalisation an uncased "
+                                        "tokenizer drops")
     max_len: int = _field(128, "truncate examples to this many tokens")
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)

@@ -30,6 +30,10 @@ from pretrainer.errors import PretrainerError
 
 _IOB2_TAG = re.compile(r"O|[BI]-\S+")
 
+# The capitalisation an uncased tokenizer erases, the strongest cue for names (Paris, paris,
+# PARIS). Index 0 marks [CLS], [SEP] and padding; every sub-token of a word gets its shape.
+WORD_SHAPES = ("special", "uncased", "lower", "Title", "UPPER", "miXed")
+
 
 class TaggedSentence(NamedTuple):
     words: list[str]
@@ -76,6 +80,20 @@ def read_conll(path: str | os.PathLike, token_prefix: str = "", on_bad_utf8: str
     return sentences
 
 
+def word_shape(word: str) -> int:
+    """The word's index in WORD_SHAPES; "uncased" is a word without cased letters (123, --, 東京)."""
+    cased = [c for c in word if c.islower() or c.isupper()]
+    if not cased:
+        return 1
+    if all(c.islower() for c in cased):
+        return 2
+    if len(cased) > 1 and all(c.isupper() for c in cased):
+        return 4
+    if cased[0].isupper() and all(c.islower() for c in cased[1:]):
+        return 3
+    return 5
+
+
 def infer_tag_names(sentences: Sequence[TaggedSentence]) -> list[str]:
     """The tags found, sorted, with "O" first (so label id 0 means "no entity")."""
     found = {tag for s in sentences for tag in s.tags}
@@ -105,6 +123,7 @@ class EncodedTagging:
 
     input_ids: list[list[int]]
     label_word: list[list[int]]  # per token: the word whose label it carries, -1 for none
+    case_ids: list[list[int]]  # per token: its word's shape (WORD_SHAPES index), 0 for specials
     word_labels: list[list[int]]  # per word: its tag's index in label_names (every word, even truncated)
     label_names: list[str]
     pad_id: int
@@ -114,8 +133,8 @@ class EncodedTagging:
 
 
 def encode_words(tokenizer: TextTokenizer, sentences: Sequence[Sequence[str]],
-                 max_len: int) -> tuple[list[list[int]], list[list[int]]]:
-    """([CLS] ids [SEP] truncated to max_len, label_word) per sentence of pre-split words."""
+                 max_len: int) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """([CLS] ids [SEP] truncated to max_len, label_word, case_ids) per sentence of pre-split words."""
     if max_len <= 2:
         raise PretrainerError(f"max_len = {max_len} leaves no room for text (needs > 2)")
     if tokenizer.kind == "bytebpe":
@@ -124,17 +143,21 @@ def encode_words(tokenizer: TextTokenizer, sentences: Sequence[Sequence[str]],
     encodings = tokenizer.tokenizer.encode_batch([list(words) for words in sentences],
                                                  is_pretokenized=True, add_special_tokens=False)
     budget = max_len - 2
-    all_ids, all_label_word = [], []
-    for encoding in encodings:
+    all_ids, all_label_word, all_case_ids = [], [], []
+    for words, encoding in zip(sentences, encodings):
         word_ids = encoding.word_ids[:budget]
-        label_word = [-1]  # [CLS]
+        shapes = [word_shape(w) for w in words]
+        label_word, case_ids = [-1], [0]  # [CLS]
         for t, word in enumerate(word_ids):
             first = word is not None and (t == 0 or word_ids[t - 1] != word)
             label_word.append(word if first else -1)
+            case_ids.append(0 if word is None else shapes[word])
         label_word.append(-1)  # [SEP]
+        case_ids.append(0)
         all_ids.append([tokenizer.cls_id, *encoding.ids[:budget], tokenizer.sep_id])
         all_label_word.append(label_word)
-    return all_ids, all_label_word
+        all_case_ids.append(case_ids)
+    return all_ids, all_label_word, all_case_ids
 
 
 def encode_sentences(sentences: Sequence[TaggedSentence], tokenizer: TextTokenizer,
@@ -148,8 +171,8 @@ def encode_sentences(sentences: Sequence[TaggedSentence], tokenizer: TextTokeniz
             raise PretrainerError(f"{sentence.where}: tag {unknown[0]!r} is not in the label set "
                                   f"{list(label_names)}")
         word_labels.append([index[tag] for tag in sentence.tags])
-    ids, label_word = encode_words(tokenizer, [s.words for s in sentences], max_len)
-    return EncodedTagging(input_ids=ids, label_word=label_word, word_labels=word_labels,
+    ids, label_word, case_ids = encode_words(tokenizer, [s.words for s in sentences], max_len)
+    return EncodedTagging(input_ids=ids, label_word=label_word, case_ids=case_ids, word_labels=word_labels,
                           label_names=list(label_names), pad_id=tokenizer.pad_id)
 
 
@@ -157,8 +180,8 @@ def collate_tagging(dataset: EncodedTagging, indices: Sequence[int]) -> dict[str
     """Pad the chosen sentences to the longest of them.
 
     labels (B, T): the word's tag at first sub-tokens, IGNORE_INDEX elsewhere; label_word
-    (B, T): that word's index, -1 elsewhere; word_labels (B, W): every word's tag, padded
-    with IGNORE_INDEX.
+    (B, T): that word's index, -1 elsewhere; case_ids (B, T): the word's shape, 0 for
+    specials and padding; word_labels (B, W): every word's tag, padded with IGNORE_INDEX.
     """
     indices = list(indices)
     lengths = [len(dataset.input_ids[i]) for i in indices]
@@ -166,10 +189,12 @@ def collate_tagging(dataset: EncodedTagging, indices: Sequence[int]) -> dict[str
     width, words_width = max(lengths), max(n_words)
     ids = np.full((len(indices), width), dataset.pad_id, dtype=np.int64)  # (B, T)
     label_word = np.full((len(indices), width), -1, dtype=np.int64)  # (B, T)
+    case_ids = np.zeros((len(indices), width), dtype=np.int64)  # (B, T)
     word_labels = np.full((len(indices), words_width), IGNORE_INDEX, dtype=np.int64)  # (B, W)
     for row, (i, n, w) in enumerate(zip(indices, lengths, n_words)):
         ids[row, :n] = dataset.input_ids[i]
         label_word[row, :n] = dataset.label_word[i]
+        case_ids[row, :n] = dataset.case_ids[i]
         word_labels[row, :w] = dataset.word_labels[i]
     rows = np.arange(len(indices))[:, None]
     labels = np.where(label_word >= 0, word_labels[rows, np.maximum(label_word, 0)], IGNORE_INDEX)
@@ -177,6 +202,7 @@ def collate_tagging(dataset: EncodedTagging, indices: Sequence[int]) -> dict[str
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
             "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
             "labels": torch.from_numpy(labels), "label_word": torch.from_numpy(label_word),
+            "case_ids": torch.from_numpy(case_ids),
             "word_labels": torch.from_numpy(word_labels)}
 
 

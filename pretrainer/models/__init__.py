@@ -48,7 +48,8 @@ def model_config_dict(model: nn.Module) -> dict:
         spec["classifier"] = {"num_labels": model.num_labels, "pooling": model.pooling,
                               "dropout": model.dropout.p}
     elif isinstance(model, TokenClassifier):
-        spec["tagger"] = {"num_labels": model.num_labels, "dropout": model.dropout.p}
+        spec["tagger"] = {"num_labels": model.num_labels, "dropout": model.dropout.p,
+                          "case_features": model.case_embeddings is not None}
     return spec
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import decay_groups, layer_decay_groups
 
 
@@ -72,13 +73,34 @@ class SequenceClassifier(_BackboneHead):
 
 
 class TokenClassifier(_BackboneHead):
-    """backbone -> dropout -> linear on every token -> logits (B, T, num_labels) (NER tagging)."""
+    """backbone -> dropout -> linear on every token -> logits (B, T, num_labels) (NER tagging).
+
+    case_features adds a learned vector per word shape (batch["case_ids"], see
+    data/conll.WORD_SHAPES) to each token's word embedding, giving an uncased encoder back the
+    capitalisation its tokenizer dropped. The vectors start at zero, so training starts from
+    the backbone's own outputs.
+    """
 
     def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1,
-                 layer_decay: float | None = None):
+                 layer_decay: float | None = None, case_features: bool = False):
         super().__init__(backbone, num_labels, dropout, layer_decay)
+        self.case_embeddings = None
+        if case_features:
+            from pretrainer.data.conll import WORD_SHAPES
+
+            words = getattr(getattr(backbone, "embeddings", None), "word_embeddings", None)
+            if not isinstance(words, nn.Embedding):
+                raise PretrainerError(f"finetune.case_features needs a BERT-style encoder; "
+                                      f"{type(backbone).__name__} has no embeddings.word_embeddings")
+            self.case_embeddings = nn.Embedding(len(WORD_SHAPES), backbone.d_model).to(words.weight.device)
+            nn.init.zeros_(self.case_embeddings.weight)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.backbone(batch["input_ids"], batch.get("attention_mask"),
-                               batch.get("token_type_ids"))  # (B, T, C)
+        mask, types = batch.get("attention_mask"), batch.get("token_type_ids")
+        if self.case_embeddings is None:
+            hidden = self.backbone(batch["input_ids"], mask, types)  # (B, T, C)
+        else:
+            words = self.backbone.embeddings.word_embeddings(batch["input_ids"])  # (B, T, C)
+            words = words + self.case_embeddings(batch["case_ids"])
+            hidden = self.backbone(None, mask, types, inputs_embeds=words)
         return self.head(self.dropout(hidden))

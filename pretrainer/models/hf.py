@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from pretrainer.errors import PretrainerError
-from pretrainer.models.heads import SequenceClassifier
+from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.models.hf_layout import (FAMILIES, IMPORT_FORMAT, hf_names, read_json,
                                          write_folder_atomically)
 from pretrainer.registry import MODELS
@@ -116,7 +116,8 @@ def _sample(keys, n: int = 4) -> str:
 def import_hf(hf_dir: str | os.PathLike):
     """(model, tokenizer, info) from a Hugging Face BERT or GPT-2 folder.
 
-    A BertForSequenceClassification checkpoint becomes a SequenceClassifier (CLS pooling).
+    A BertForSequenceClassification checkpoint becomes a SequenceClassifier (CLS pooling), a
+    BertForTokenClassification one a TokenClassifier.
     Heads the checkpoint lacks (MiniLM has no MLM head) are initialised deterministically
     and listed in `info["initialised"]`; weights with no place in our model are listed in
     `info["dropped"]`; `info["notes"]` has every message for the user, one line each.
@@ -134,20 +135,22 @@ def import_hf(hf_dir: str | os.PathLike):
     state, canonical_notes = family.canonical(raw, cfg)
     notes += canonical_notes
     hf_architectures = hf_cfg.get("architectures") or []
-    as_classifier = (family.classifier_architecture in hf_architectures
-                     and any(family.part_of(k) == "classifier" for k in state))
+    has_head = any(family.part_of(k) == "classifier" for k in state)
+    head = next((kind for kind in ("classifier", "tagger")
+                 if has_head and getattr(family, f"{kind}_architecture") in hf_architectures), None)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # fresh heads are the same on every import
         model: nn.Module = MODELS.get(family.our_name)(cfg)
         labels = None
-        if as_classifier:
+        if head is not None:
             n_labels = state["classifier.weight"].shape[0]
             id2label = hf_cfg.get("id2label") or {}
             labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n_labels)]
             dropout = hf_cfg.get("classifier_dropout")
-            model = SequenceClassifier(model, n_labels, pooling="cls",
-                                       dropout=cfg.dropout if dropout is None else float(dropout))
+            dropout = cfg.dropout if dropout is None else float(dropout)
+            model = (SequenceClassifier(model, n_labels, pooling="cls", dropout=dropout) if head == "classifier"
+                     else TokenClassifier(model, n_labels, dropout=dropout))
 
     ours, used, missing = {}, set(), set()
     for key, ref in model.state_dict().items():

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
 from pretrainer.errors import PretrainerError
-from pretrainer.models.heads import SequenceClassifier
+from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.models.hf_layout import (FAMILIES_BY_NAME, OBJECTIVE_PARTS, HFFamily, hf_names, read_json,
                                          write_folder_atomically)
 
@@ -80,13 +80,22 @@ def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
     return files
 
 
-def choose_architecture(family: HFFamily, is_classifier: bool, parts: frozenset | None = None) -> str:
-    """The Hugging Face class for an export: the smallest one holding `parts` (None = all we have)."""
-    if is_classifier:
-        if family.classifier_architecture is None:
-            raise PretrainerError(f"a {family.our_name} classifier has no Hugging Face equivalent (its head "
+def head_kind(model: nn.Module) -> str | None:
+    """"classifier" (SequenceClassifier), "tagger" (TokenClassifier) or None (a bare backbone)."""
+    if isinstance(model, SequenceClassifier):
+        return "classifier"
+    return "tagger" if isinstance(model, TokenClassifier) else None
+
+
+def choose_architecture(family: HFFamily, head: str | None, parts: frozenset | None = None) -> str:
+    """The Hugging Face class for an export: the family's class for a classifier or tagger
+    (`head`), else the smallest one holding `parts` (None = all we have)."""
+    if head is not None:
+        architecture = getattr(family, f"{head}_architecture")
+        if architecture is None:
+            raise PretrainerError(f"a {family.our_name} {head} has no Hugging Face equivalent (its head "
                                   f"differs); export the backbone with architecture {family.base_architecture}")
-        return family.classifier_architecture
+        return architecture
     candidates = {a: p for a, p in family.architectures.items() if "classifier" not in p}
     needed = frozenset().union(*candidates.values()) if parts is None else parts
     fitting = [a for a, p in candidates.items() if needed <= p] or list(candidates)
@@ -102,22 +111,26 @@ def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architectur
     keys); the default is the class holding every weight we have (BertForPreTraining,
     GPT2LMHeadModel) or BertForSequenceClassification for a classifier.
     """
-    is_classifier = isinstance(model, SequenceClassifier)
-    backbone = model.backbone if is_classifier else model
+    head = head_kind(model)
+    backbone = model if head is None else model.backbone
     name = backbone.config.name
     if name not in FAMILIES_BY_NAME:
         raise PretrainerError(f"model {name!r} has no Hugging Face export; exportable: {', '.join(FAMILIES_BY_NAME)}")
     family = FAMILIES_BY_NAME[name]
-    architecture = architecture or choose_architecture(family, is_classifier)
+    architecture = architecture or choose_architecture(family, head)
     if architecture not in family.architectures:
         raise PretrainerError(f"architecture {architecture!r} is not available for {name}; choose one of: "
                               f"{', '.join(family.architectures)}")
     parts = family.architectures[architecture]
     hf_cfg = family.config_to_hf(backbone.config)
     if "classifier" in parts:
-        if not is_classifier:
-            raise PretrainerError(f"{architecture} needs a fine-tuned classifier run; this run has no classifier")
-        if model.pooling != "cls":
+        wanted = "tagger" if architecture == family.tagger_architecture else "classifier"
+        if head != wanted:
+            raise PretrainerError(f"{architecture} needs a fine-tuned {wanted} run; this run has no {wanted}")
+        if head == "tagger" and model.case_embeddings is not None:
+            raise PretrainerError(f"{architecture} cannot hold this tagger's word-shape vectors "
+                                  f"(finetune.case_features = true): Hugging Face BERT takes no such input")
+        if head == "classifier" and model.pooling != "cls":
             raise PretrainerError(f"{architecture} pools with the pooler on [CLS]; this classifier uses "
                                   f"pooling = {model.pooling!r}, which Hugging Face BERT cannot express")
         labels = labels or [f"LABEL_{i}" for i in range(model.num_labels)]
@@ -128,7 +141,9 @@ def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architectur
     if "lm_head" in parts and backbone.config.tie_embeddings:
         parts = parts - {"lm_head"}  # tied: transformers re-ties lm_head to wte, so it is not stored
 
-    state = {k: v for k, v in hf_state_dict(model, family).items() if family.part_of(k) in parts}
+    # Without a classifier part (e.g. BertModel asked for a tagger run) only the backbone goes out.
+    exported = model if "classifier" in parts else backbone
+    state = {k: v for k, v in hf_state_dict(exported, family).items() if family.part_of(k) in parts}
     if architecture == family.base_architecture:
         state = {k.removeprefix(family.base_prefix): v for k, v in state.items()}
     eot = tokenizer.eos_id
@@ -157,7 +172,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
 
     Without `architecture`, the class is the smallest that holds the weights the run trained:
     BertForMaskedLM after MLM, BertForPreTraining after MLM+NSP, GPT2LMHeadModel after CLM,
-    BertForSequenceClassification for a classifier, and for an imported run the parts the
+    BertForSequenceClassification for a classifier, BertForTokenClassification for a tagger, and for an imported run the parts the
     source checkpoint had (MiniLM: BertModel). Untrained heads are left out rather than
     shipped as random weights. Label names come from results.json or imported_from.json.
     """
@@ -167,8 +182,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
     model, tokenizer = load_run(run_dir)
     family = FAMILIES_BY_NAME.get(model.config.name)
     if architecture is None and family is not None:
-        architecture = choose_architecture(family, isinstance(model, SequenceClassifier),
-                                           _trained_parts(run_dir, family))
+        architecture = choose_architecture(family, head_kind(model), _trained_parts(run_dir, family))
     labels = None
     for record in ("results.json", "imported_from.json"):
         if (run_dir / record).is_file():

@@ -246,7 +246,8 @@ class HFFamily:
     part_of: Callable[[str], str]
     transposed: Callable[[str], bool]
     architectures: dict[str, frozenset]  # Hugging Face class -> the parts its checkpoint holds
-    classifier_architecture: str | None
+    classifier_architecture: str | None  # for a SequenceClassifier
+    tagger_architecture: str | None  # for a TokenClassifier
     fresh_parts: dict[str, str]  # parts that may be missing on import -> how they are initialised
 
 
@@ -257,8 +258,9 @@ BERT = HFFamily(
     architectures={"BertModel": frozenset({"base", "pooler"}),
                    "BertForMaskedLM": frozenset({"base", "mlm"}),
                    "BertForPreTraining": frozenset({"base", "pooler", "mlm", "nsp"}),
-                   "BertForSequenceClassification": frozenset({"base", "pooler", "classifier"})},
-    classifier_architecture="BertForSequenceClassification",
+                   "BertForSequenceClassification": frozenset({"base", "pooler", "classifier"}),
+                   "BertForTokenClassification": frozenset({"base", "classifier"})},
+    classifier_architecture="BertForSequenceClassification", tagger_architecture="BertForTokenClassification",
     fresh_parts={"mlm": "MLM head: transform dense N(0, init_std) and LayerNorm identity (fresh), "
                         "decoder tied to the word embeddings, bias zero",
                  "nsp": "NSP head: N(0, init_std) weights, zero bias",
@@ -269,7 +271,7 @@ GPT2 = HFFamily(
     config_from_hf=gpt2_config_from_hf, config_to_hf=gpt2_config_to_hf, hf_names=gpt2hf_names,
     canonical=gpt2_canonical, part_of=gpt2_part, transposed=gpt2_transposed,
     architectures={"GPT2Model": frozenset({"base"}), "GPT2LMHeadModel": frozenset({"base", "lm_head"})},
-    classifier_architecture=None,
+    classifier_architecture=None, tagger_architecture=None,
     fresh_parts={"lm_head": "untied LM head: N(0, init_std) weights"})
 
 # Which parts each pre-training objective trains; on export the other parts are left out by default.
@@ -281,7 +283,7 @@ FAMILIES_BY_NAME = {f.our_name: f for f in (BERT, GPT2)}  # our model name -> fa
 
 
 def hf_names(family: HFFamily, key: str) -> list[str]:
-    """Full Hugging Face name(s) of one of our keys; a SequenceClassifier's head is `classifier`."""
+    """Full Hugging Face name(s) of one of our keys; a classifier's or tagger's head is `classifier`."""
     if key.startswith("head."):
         return ["classifier." + key[len("head."):]]
     return family.hf_names(key.removeprefix("backbone."))

@@ -89,7 +89,8 @@ def build_tagger(ft, backbone: nn.Module, num_labels: int) -> nn.Module:
     if ft.method not in ("full", "freeze", "llrd", "lora"):
         raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
                               "choose full, freeze, llrd or lora")
-    return restrict_trainable(TokenClassifier(backbone, num_labels, **head_kwargs(ft)), ft)
+    tagger = TokenClassifier(backbone, num_labels, case_features=ft.case_features, **head_kwargs(ft))
+    return restrict_trainable(tagger, ft)
 
 
 def _read_split(path: str, data_cfg):

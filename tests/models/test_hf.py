@@ -14,7 +14,8 @@ from pretrainer.api import load_run  # noqa: E402
 from pretrainer.config import Config, ObjectiveConfig, TokenizerConfig, save_config  # noqa: E402
 from pretrainer.data.tokenizer import train_tokenizer  # noqa: E402
 from pretrainer.errors import PretrainerError  # noqa: E402
-from pretrainer.models import BertModel, SequenceClassifier, build_model, model_config_dict  # noqa: E402
+from pretrainer.models import (BertModel, SequenceClassifier, TokenClassifier, build_model,  # noqa: E402
+                               model_config_dict)
 from pretrainer.models.hf import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
 from pretrainer.models.hf_export import export_hf, save_hf  # noqa: E402
 from pretrainer.models.hf_layout import BERT  # noqa: E402
@@ -163,9 +164,9 @@ def tiny_hf_bert(cls_name, vocab_size, **extra):
 
 
 @pytest.mark.parametrize("cls_name", ["BertModel", "BertForMaskedLM", "BertForPreTraining",
-                                      "BertForSequenceClassification"])
+                                      "BertForSequenceClassification", "BertForTokenClassification"])
 def test_bert_checkpoints_from_transformers(cls_name, wordpiece, tmp_path):
-    extra = {"num_labels": 3, "id2label": {0: "neg", 1: "mid", 2: "pos"}} if "Sequence" in cls_name else {}
+    extra = {"num_labels": 3, "id2label": {0: "neg", 1: "mid", 2: "pos"}} if "Classification" in cls_name else {}
     ref = tiny_hf_bert(cls_name, wordpiece.vocab_size + 3, **extra)  # config vocab may exceed the tokenizer's
     ref.save_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text(
@@ -180,6 +181,11 @@ def test_bert_checkpoints_from_transformers(cls_name, wordpiece, tmp_path):
         if cls_name == "BertForSequenceClassification":
             assert isinstance(model, SequenceClassifier) and info["labels"] == ["neg", "mid", "pos"]
             torch.testing.assert_close(model({"input_ids": x, "attention_mask": real}), out.logits, atol=1e-4, rtol=0)
+            return
+        if cls_name == "BertForTokenClassification":
+            assert isinstance(model, TokenClassifier) and info["labels"] == ["neg", "mid", "pos"]
+            logits = model({"input_ids": x, "attention_mask": real})
+            torch.testing.assert_close(logits[real], out.logits[real], atol=1e-4, rtol=0)
             return
         hidden = model(x, real)
         if cls_name == "BertModel":
@@ -350,6 +356,31 @@ def test_unsupported_checkpoints_are_refused(tmp_path, wordpiece):
         import_hf(tmp_path)
     with pytest.raises(PretrainerError, match="unknown package"):
         load_pretrained("pkg:nope")
+
+
+def test_export_tagger_run(tiny_config, wordpiece, tmp_path):
+    torch.manual_seed(0)
+    model = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3).eval()
+    perturb(model)
+    run = write_run(tmp_path / "run", model, wordpiece, results={"labels": ["O", "B-PER", "I-PER"]})
+    out = export_hf(run, tmp_path / "hf")
+    hf, report = hf_load(transformers.AutoModelForTokenClassification, out)
+    assert report == {} and type(hf).__name__ == "BertForTokenClassification"
+    assert hf.config.id2label == {0: "O", 1: "B-PER", 2: "I-PER"}
+    x, mask = batch(wordpiece, SENTENCES)
+    with torch.no_grad():
+        expected = model({"input_ids": x, "attention_mask": mask.bool()})
+        torch.testing.assert_close(hf(input_ids=x, attention_mask=mask).logits[mask.bool()],
+                                   expected[mask.bool()], atol=1e-4, rtol=0)
+
+    # The backbone alone still goes out when asked for; word-shape vectors cannot go at all.
+    backbone = export_hf(run, tmp_path / "backbone", architecture="BertModel")
+    assert hf_load(transformers.AutoModel, backbone)[1] == {}
+    cased = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, case_features=True)
+    with pytest.raises(PretrainerError, match="case_features"):
+        save_hf(cased, wordpiece, tmp_path / "cased")
+    with pytest.raises(PretrainerError, match="no tagger"):
+        save_hf(model.backbone, wordpiece, tmp_path / "bare", architecture=BERT.tagger_architecture)
 
 
 def test_export_refuses_what_transformers_cannot_hold(tiny_config, bytebpe, wordpiece, tmp_path):

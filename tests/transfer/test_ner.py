@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pretrainer.config import Config, TokenizerConfig, load_config
-from pretrainer.data.conll import (TaggedSentence, TaggingLoader, collate_tagging, encode_sentences,
-                                   infer_tag_names, iterate_tagging_once, read_conll, sentence_subset)
+from pretrainer.data.conll import (WORD_SHAPES, TaggedSentence, TaggingLoader, collate_tagging, encode_sentences,
+                                   infer_tag_names, iterate_tagging_once, read_conll, sentence_subset, word_shape)
 from pretrainer.data.tokenizer import train_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import TokenClassifier
@@ -126,6 +126,32 @@ def test_first_sub_token_carries_the_label(tokenizer):
     assert batch["word_labels"][0].tolist() == [names.index(t) for t in tags]
 
 
+@pytest.mark.parametrize("word, shape", [
+    ("paris", "lower"), ("Paris", "Title"), ("A", "Title"), ("PARIS", "UPPER"), ("U.S.", "UPPER"),
+    ("iPhone", "miXed"), ("McDonald", "miXed"), ("1984", "uncased"), ("--", "uncased"), ("東京", "uncased"),
+    ("Éric", "Title"), ("mid-1990s", "lower")])
+def test_word_shape(word, shape):
+    assert WORD_SHAPES[word_shape(word)] == shape
+
+
+def test_every_sub_token_carries_its_words_shape(tokenizer):
+    words = ["Kim", "walked", "towards", "NEW", "delhi"]
+    data = encode_sentences([TaggedSentence(words, ["O"] * 5, "x:1"), TaggedSentence(["joe"], ["O"], "x:2")],
+                            tokenizer, ["O"], max_len=64)
+    pieces = [len(tokenizer.tokenizer.encode(w, add_special_tokens=False).ids) for w in words]
+    batch = collate_tagging(data, [0, 1])
+    shape = {name: i for i, name in enumerate(WORD_SHAPES)}
+    expected = [0]  # [CLS]
+    for word, n in zip(words, pieces):
+        expected += [word_shape(word)] * n
+    expected += [0]  # [SEP]
+    assert batch["case_ids"][0].tolist() == expected
+    assert expected[1] == shape["Title"] and shape["UPPER"] in expected
+    # The short sentence is padded with shape 0, like its [CLS] and [SEP].
+    assert batch["case_ids"][1].tolist() == [0, *[shape["lower"]] * (len(data.input_ids[1]) - 2), 0] + \
+        [0] * (batch["input_ids"].shape[1] - len(data.input_ids[1]))
+
+
 def test_truncation_keeps_every_gold_word_for_scoring(tokenizer):
     words, tags = ["kim", "walked", "towards", "paris"], ["B-PER", "O", "O", "B-LOC"]
     names = ["O", "B-LOC", "B-PER"]
@@ -187,6 +213,18 @@ def test_token_classifier_shapes_and_transfer_surface(make_model):
     assert model.head.weight.grad is not None
 
 
+def test_case_features_start_from_the_backbone_outputs(make_model):
+    plain = TokenClassifier(make_model("bert"), num_labels=3, dropout=0.0).eval()
+    cased = TokenClassifier(make_model("bert"), num_labels=3, dropout=0.0, case_features=True).eval()
+    cased.load_state_dict({**plain.state_dict(), "case_embeddings.weight": cased.case_embeddings.weight}, strict=True)
+    batch = {"input_ids": torch.randint(5, 61, (2, 6)), "case_ids": torch.randint(0, len(WORD_SHAPES), (2, 6))}
+    # Zero-initialised: the same outputs as without case features, until the vectors learn.
+    torch.testing.assert_close(cased(batch), plain(batch))
+    with torch.no_grad():
+        cased.case_embeddings.weight.normal_()
+    assert not torch.allclose(cased(batch), plain(batch))
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -234,16 +272,59 @@ def test_finetune_tokens_learns_a_simple_tagging_task(tmp_path, tokenizer):
     assert results["dev"]["f1"] > 0.9, results["dev"]
 
 
+def capitalised_names(n, seed):
+    """Tags only capitalisation tells apart: "Kim" is a name, "kim" a word (an uncased
+    tokenizer sees the two the same)."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(2, 5)):
+            name = rng.random() < 0.5
+            word = rng.choice(["kim", "joe", "paris", "zenith"])
+            words.append(word.capitalize() if name else word)
+            tags.append("B-PER" if name else "O")
+        sentences.append((words, tags))
+    return sentences
+
+
+def test_case_features_recover_what_an_uncased_tokenizer_drops(tmp_path, tokenizer):
+    train = write_conll(tmp_path / "train.txt", capitalised_names(300, seed=1))
+    dev = write_conll(tmp_path / "dev.txt", capitalised_names(40, seed=2))
+    f1 = {}
+    for case_features in (False, True):
+        cfg = ner_config(tmp_path, tokenizer, train, dev, "--finetune.train.epochs=0",
+                         "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3", "--finetune.classifier_dropout=0.0",
+                         f"--finetune.case_features={str(case_features).lower()}",
+                         f'--finetune.dir="{tmp_path / f"run-{case_features}"}"')
+        f1[case_features] = finetune_tokens(cfg, **QUIET)["dev"]["f1"]
+    assert f1[True] > 0.95 and f1[False] < 0.7, f1
+    from pretrainer.api import load_run
+
+    model, _ = load_run(tmp_path / "run-True")  # the run rebuilds with its case vectors
+    assert model.case_embeddings is not None and model.case_embeddings.weight.abs().sum() > 0
+
+
+def test_case_features_are_refused_where_they_do_not_apply(tmp_path, tokenizer, make_model):
+    from pretrainer.transfer.finetune import check_finetune_config
+
+    cfg = load_config(None, ['--finetune.data.train="x.tsv"', "--finetune.case_features=true"])
+    with pytest.raises(PretrainerError, match="finetune.case_features"):
+        check_finetune_config(cfg)
+    with pytest.raises(PretrainerError, match="BERT-style encoder"):
+        TokenClassifier(make_model("gpt"), num_labels=3, case_features=True)
+
+
 @pytest.mark.parametrize("method", ["full", "freeze", "llrd", "lora"])
 def test_tagger_for_each_transfer_method(make_model, method):
-    ft = dataclasses.replace(Config().finetune, method=method, freeze_layers=1, layer_decay=0.5)
+    ft = dataclasses.replace(Config().finetune, method=method, freeze_layers=1, layer_decay=0.5, case_features=True)
     model = build_tagger(ft, make_model("bert"), num_labels=3)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert {"head.weight", "head.bias"} <= trainable
+    assert {"head.weight", "head.bias", "case_embeddings.weight"} <= trainable
     if method == "freeze":
         assert not any(name.startswith("backbone.embeddings.") for name in trainable)
     if method == "lora":
-        assert all(name.startswith("head.") or "lora_" in name for name in trainable)
+        assert all(name.startswith(("head.", "case_embeddings.")) or "lora_" in name for name in trainable)
     if method == "llrd":
         scales = [g["lr_scale"] for g in model.param_groups(0.01)]
         # The head trains at the full rate, the embeddings (depth 0) at decay ** (n_layers + 1).
