@@ -294,7 +294,8 @@ def test_case_features_recover_what_an_uncased_tokenizer_drops(tmp_path, tokeniz
     f1 = {}
     for case_features in (False, True):
         cfg = ner_config(tmp_path, tokenizer, train, dev, "--finetune.train.epochs=0",
-                         "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3", "--finetune.classifier_dropout=0.0",
+                         "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3",
+                         "--finetune.classifier_dropout=0.0",
                          f"--finetune.case_features={str(case_features).lower()}",
                          f'--finetune.dir="{tmp_path / f"run-{case_features}"}"')
         f1[case_features] = finetune_tokens(cfg, **QUIET)["dev"]["f1"]
