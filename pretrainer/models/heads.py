@@ -9,6 +9,16 @@ from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import decay_groups, layer_decay_groups
 
 
+def word_embedding_table(backbone: nn.Module, feature: str) -> nn.Embedding:
+    """The backbone's word-embedding table, for features that edit the input vectors (soft
+    prompts, case features); a backbone without one (GPT) is refused naming `feature`."""
+    words = getattr(getattr(backbone, "embeddings", None), "word_embeddings", None)
+    if not isinstance(words, nn.Embedding):
+        raise PretrainerError(f"{feature} need a BERT-style encoder; {type(backbone).__name__} has no "
+                              f"embeddings.word_embeddings")
+    return words
+
+
 class WrapsBackbone(nn.Module):
     """A module built around `self.backbone`: it shows the backbone's config and width, and
     places its own parameters above the backbone's top layer for layer-wise rules."""
@@ -88,10 +98,7 @@ class TokenClassifier(_BackboneHead):
         if case_features:
             from pretrainer.data.conll import WORD_SHAPES
 
-            words = getattr(getattr(backbone, "embeddings", None), "word_embeddings", None)
-            if not isinstance(words, nn.Embedding):
-                raise PretrainerError(f"finetune.case_features needs a BERT-style encoder; "
-                                      f"{type(backbone).__name__} has no embeddings.word_embeddings")
+            words = word_embedding_table(backbone, "case features (finetune.case_features)")
             self.case_embeddings = nn.Embedding(len(WORD_SHAPES), backbone.d_model).to(words.weight.device)
             nn.init.zeros_(self.case_embeddings.weight)
 

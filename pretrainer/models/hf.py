@@ -137,7 +137,7 @@ def import_hf(hf_dir: str | os.PathLike):
     hf_architectures = hf_cfg.get("architectures") or []
     has_head = any(family.part_of(k) == "classifier" for k in state)
     head = next((kind for kind in ("classifier", "tagger")
-                 if has_head and getattr(family, f"{kind}_architecture") in hf_architectures), None)
+                 if has_head and family.head_architecture(kind) in hf_architectures), None)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # fresh heads are the same on every import

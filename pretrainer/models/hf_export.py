@@ -91,7 +91,7 @@ def choose_architecture(family: HFFamily, head: str | None, parts: frozenset | N
     """The Hugging Face class for an export: the family's class for a classifier or tagger
     (`head`), else the smallest one holding `parts` (None = all we have)."""
     if head is not None:
-        architecture = getattr(family, f"{head}_architecture")
+        architecture = family.head_architecture(head)
         if architecture is None:
             raise PretrainerError(f"a {family.our_name} {head} has no Hugging Face equivalent (its head "
                                   f"differs); export the backbone with architecture {family.base_architecture}")

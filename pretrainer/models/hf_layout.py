@@ -250,6 +250,10 @@ class HFFamily:
     tagger_architecture: str | None  # for a TokenClassifier
     fresh_parts: dict[str, str]  # parts that may be missing on import -> how they are initialised
 
+    def head_architecture(self, head: str) -> str | None:
+        """The Hugging Face class for a "classifier" or a "tagger" of this family, if it has one."""
+        return {"classifier": self.classifier_architecture, "tagger": self.tagger_architecture}[head]
+
 
 BERT = HFFamily(
     model_type="bert", our_name="bert", base_prefix="bert.", base_architecture="BertModel",

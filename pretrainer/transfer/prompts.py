@@ -24,7 +24,7 @@ from pretrainer.data.labeled import EncodedDataset, collate, label_indices
 from pretrainer.data.readers import LabeledExamples
 from pretrainer.data.tokenizer import TextTokenizer, truncate_longest_first
 from pretrainer.errors import PretrainerError
-from pretrainer.models.heads import WrapsBackbone
+from pretrainer.models.heads import WrapsBackbone, word_embedding_table
 from pretrainer.models.layers import decay_groups
 
 TEMPLATE_KEY = "config key 'finetune.prompt.template'"
@@ -180,10 +180,7 @@ class SoftPromptClassifier(WrapsBackbone):
     def __init__(self, backbone: nn.Module, num_labels: int, soft_tokens: int = 20, pooling: str = "mean",
                  dropout: float = 0.1):
         super().__init__()
-        words = getattr(getattr(backbone, "embeddings", None), "word_embeddings", None)
-        if not isinstance(words, nn.Embedding):
-            raise PretrainerError(f"soft prompts need a BERT-style encoder; {type(backbone).__name__} has no "
-                                  f"embeddings.word_embeddings")
+        words = word_embedding_table(backbone, "soft prompts")
         max_len = backbone.config.max_len
         if soft_tokens < 1 or soft_tokens + 3 > max_len:
             raise PretrainerError(f"{SOFT_TOKENS_KEY} must be from 1 to {max_len - 3} (the model's max_len is "
