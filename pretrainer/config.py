@@ -200,6 +200,9 @@ class FinetuneConfig:
     case_features: bool = _field(False, "task tokens: add a learned word-shape vector (lower, Title, UPPER, "
                                         "...) to each word's embedding, the capitalisation an uncased "
                                         "tokenizer drops")
+    crf: bool = _field(False, "task tokens: a linear-chain CRF over the word tags, trained on whole "
+                              "sentences and decoded by Viterbi, so predicted spans are well-formed IOB2")
+    crf_lr: float = _field(1e-2, "learning rate of the CRF's transition scores (they start at zero)")
     max_len: int = _field(128, "truncate examples to this many tokens")
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)

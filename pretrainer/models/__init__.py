@@ -49,7 +49,7 @@ def model_config_dict(model: nn.Module) -> dict:
                               "dropout": model.dropout.p}
     elif isinstance(model, TokenClassifier):
         spec["tagger"] = {"num_labels": model.num_labels, "dropout": model.dropout.p,
-                          "case_features": model.case_embeddings is not None}
+                          "case_features": model.case_embeddings is not None, "crf": model.crf is not None}
     return spec
 
 

@@ -89,10 +89,15 @@ class TokenClassifier(_BackboneHead):
     data/conll.WORD_SHAPES) to each token's word embedding, giving an uncased encoder back the
     capitalisation its tokenizer dropped. The vectors start at zero, so training starts from
     the backbone's own outputs.
+
+    crf adds a linear-chain CRF (models/crf.py) over the words' logits: the objective then
+    trains and decodes whole tag sequences. Its transition scores start at zero and train at
+    their own rate, `crf_lr` (None: the rate of the rest of the head).
     """
 
     def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1,
-                 layer_decay: float | None = None, case_features: bool = False):
+                 layer_decay: float | None = None, case_features: bool = False, crf: bool = False,
+                 crf_lr: float | None = None):
         super().__init__(backbone, num_labels, dropout, layer_decay)
         self.case_embeddings = None
         if case_features:
@@ -101,6 +106,12 @@ class TokenClassifier(_BackboneHead):
             words = word_embedding_table(backbone, "case features (finetune.case_features)")
             self.case_embeddings = nn.Embedding(len(WORD_SHAPES), backbone.d_model).to(words.weight.device)
             nn.init.zeros_(self.case_embeddings.weight)
+        self.crf = None
+        if crf:
+            from pretrainer.models.crf import LinearChainCRF
+
+            self.crf = LinearChainCRF(num_labels).to(next(backbone.parameters()).device)
+        self.crf_lr = crf_lr
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask, types = batch.get("attention_mask"), batch.get("token_type_ids")
@@ -111,3 +122,13 @@ class TokenClassifier(_BackboneHead):
             words = words + self.case_embeddings(batch["case_ids"])
             hidden = self.backbone(None, mask, types, inputs_embeds=words)
         return self.head(self.dropout(hidden))
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = super().param_groups(weight_decay)
+        if self.crf is None or self.crf_lr is None:
+            return groups
+        crf = {id(p) for p in self.crf.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in crf]} for g in groups]
+        # Last: the logged rate stays group 0's, the encoder's peak.
+        trainable = [p for p in self.crf.parameters() if p.requires_grad]
+        return [g for g in groups if g["params"]] + [{"params": trainable, "weight_decay": 0.0, "lr": self.crf_lr}]

@@ -130,6 +130,9 @@ def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architectur
         if head == "tagger" and model.case_embeddings is not None:
             raise PretrainerError(f"{architecture} cannot hold this tagger's word-shape vectors "
                                   f"(finetune.case_features = true): Hugging Face BERT takes no such input")
+        if head == "tagger" and model.crf is not None:
+            raise PretrainerError(f"{architecture} cannot hold this tagger's CRF (finetune.crf = true): "
+                                  f"Hugging Face token classifiers pick each tag alone")
         if head == "classifier" and model.pooling != "cls":
             raise PretrainerError(f"{architecture} pools with the pooler on [CLS]; this classifier uses "
                                   f"pooling = {model.pooling!r}, which Hugging Face BERT cannot express")

@@ -3,7 +3,8 @@
 Built directly by `finetune_tokens`, `TokenClassificationObjective(label_names)`: like
 sequence classification it needs the label set of the data, so it is not a registered
 pre-training objective. Training scores every labeled sub-token (a word's first one);
-evaluation scores words and entities, as CoNLL does.
+evaluation scores words and entities, as CoNLL does. A tagger with a CRF (`model.crf`) trains
+on the log-likelihood of each sentence's whole tag sequence and predicts by Viterbi decoding.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ class TokenClassificationObjective:
         labels = batch["labels"]
         labeled = labels != IGNORE_INDEX
         # Summed then divided, so a batch without a labeled token gives 0, not NaN.
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction="sum") / labeled.sum().clamp(min=1)
-        correct = (logits.argmax(dim=-1) == labels) & labeled
+        loss = _loss_sum(model, logits, labels) / labeled.sum().clamp(min=1)
+        correct = (_predict(model, logits, labels) == labels) & labeled
         acc = correct.sum() / labeled.sum().clamp(min=1)
         return {"loss": loss, "acc": acc.detach(), "n_tokens": batch["input_ids"].numel()}
 
@@ -42,7 +42,8 @@ class TokenClassificationObjective:
 
         precision/recall/f1 are entity-level (exact span and type) over whole sentences: a word
         without a prediction (truncated away) counts as "O". accuracy is the fraction of words
-        tagged right; loss is per labeled sub-token. "macro_f1" repeats the entity F1 so code
+        tagged right; loss is per labeled sub-token (with a CRF: the sentences' negative
+        log-likelihood divided by their number of labeled words). "macro_f1" repeats the entity F1 so code
         written for classification results (the label-efficiency curve) reads NER results too.
         """
         from pretrainer.evaluation.entities import entity_scores
@@ -52,10 +53,9 @@ class TokenClassificationObjective:
         for batch in evaluation_batches(model, batches):
             logits = model(batch)  # (B, T, num_labels)
             labels = batch["labels"]
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum"))
+            loss_sum += float(_loss_sum(model, logits, labels))
             n_labeled += int((labels != IGNORE_INDEX).sum())
-            g, p = self.word_tags(logits.argmax(dim=-1).cpu(), batch["label_word"].cpu(),
+            g, p = self.word_tags(_predict(model, logits, labels).cpu(), batch["label_word"].cpu(),
                                   batch["word_labels"].cpu())
             gold += g
             predicted += p
@@ -84,3 +84,47 @@ class TokenClassificationObjective:
             gold.append(tags)
             predicted.append(guess)
         return gold, predicted
+
+
+# ---------------------------------------------------------------- softmax or CRF
+
+
+def _loss_sum(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed over the batch: cross-entropy of every labeled sub-token, or with a CRF the
+    negative log-likelihood of every sentence's tag sequence."""
+    crf = getattr(model, "crf", None)
+    if crf is None:
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    words, tags, mask, _ = _labeled_words(logits, labels)
+    return -crf.log_likelihood(words, tags, mask).sum()
+
+
+def _predict(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Predicted tag ids (B, T): the argmax per token, or with a CRF the Viterbi path over the
+    labeled sub-tokens (0 elsewhere; only labeled positions are read)."""
+    crf = getattr(model, "crf", None)
+    if crf is None:
+        return logits.argmax(dim=-1)
+    words, _, mask, (rows, cols, slots) = _labeled_words(logits, labels)
+    path = crf.decode(words, mask)  # (B, W)
+    predicted = torch.zeros_like(labels)
+    predicted[rows, cols] = path[rows, slots]
+    return predicted
+
+
+def _labeled_words(logits: torch.Tensor, labels: torch.Tensor):
+    """The labeled sub-tokens (one per word) packed to the left of each row, as the CRF wants:
+    scores (B, W, K), tags (B, W), mask (B, W), and where each came from (row, column, slot)."""
+    labeled = labels != IGNORE_INDEX  # (B, T)
+    slot_of = labeled.long().cumsum(dim=1) - 1  # k-th labeled position of its row -> slot k
+    rows, cols = labeled.nonzero(as_tuple=True)
+    slots = slot_of[rows, cols]
+    width = max(int(labeled.sum(dim=1).max()), 1)
+    words = logits.new_zeros(logits.shape[0], width, logits.shape[-1])
+    words[rows, slots] = logits[rows, cols]
+    tags = labels.new_zeros(labels.shape[0], width)
+    tags[rows, slots] = labels[rows, cols]
+    mask = torch.zeros_like(tags, dtype=torch.bool)
+    mask[rows, slots] = True
+    return words, tags, mask, (rows, cols, slots)

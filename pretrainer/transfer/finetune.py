@@ -73,8 +73,11 @@ def check_finetune_config(cfg: Config) -> None:
     if ft.task == "tokens" and ft.method not in ("full", "freeze", "llrd", "lora"):
         raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
                               "choose full, freeze, llrd or lora")
-    if ft.case_features and ft.task != "tokens":
-        raise PretrainerError("config key 'finetune.case_features' applies to finetune.task = \"tokens\" only")
+    for key in ("case_features", "crf"):
+        if getattr(ft, key) and ft.task != "tokens":
+            raise PretrainerError(f"config key 'finetune.{key}' applies to finetune.task = \"tokens\" only")
+    if ft.crf and ft.crf_lr <= 0:
+        raise PretrainerError(f"config key 'finetune.crf_lr' must be > 0, got {ft.crf_lr}")
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")

@@ -44,7 +44,7 @@ def restrict_trainable(model: nn.Module, ft) -> nn.Module:
     elif ft.method == "lora":
         from pretrainer.transfer.lora import apply_lora
 
-        apply_lora(model, ft.lora, trainable=("head.", "case_embeddings."))  # the new, untrained parts
+        apply_lora(model, ft.lora, trainable=("head.", "case_embeddings.", "crf."))  # the new, untrained parts
     return model
 
 

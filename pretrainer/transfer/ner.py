@@ -44,6 +44,10 @@ def finetune_tokens(cfg: Config, resume: bool = False, log=print) -> dict:
                          if path else None for path in (ft.data.dev, ft.data.test))
 
     model = build_tagger(ft, backbone, len(label_names))
+    if model.crf is not None:
+        observed = [train_set.word_labels[i] for i in subset]
+        forbidden = model.crf.restrict_to_iob2(label_names, observed)
+        log(f"CRF over {len(label_names)} tags: {forbidden} of {len(label_names) ** 2} transitions forbidden (IOB2)")
     trainable, total = count_parameters(model)
     objective = TokenClassificationObjective(label_names)
     batches = TaggingLoader(train_set, ft.train.batch_size, seed=cfg.run.seed, indices=subset)
@@ -89,7 +93,8 @@ def build_tagger(ft, backbone: nn.Module, num_labels: int) -> nn.Module:
     if ft.method not in ("full", "freeze", "llrd", "lora"):
         raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
                               "choose full, freeze, llrd or lora")
-    tagger = TokenClassifier(backbone, num_labels, case_features=ft.case_features, **head_kwargs(ft))
+    tagger = TokenClassifier(backbone, num_labels, case_features=ft.case_features, crf=ft.crf,
+                             crf_lr=ft.crf_lr, **head_kwargs(ft))
     return restrict_trainable(tagger, ft)
 
 

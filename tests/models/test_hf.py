@@ -373,12 +373,15 @@ def test_export_tagger_run(tiny_config, wordpiece, tmp_path):
         torch.testing.assert_close(hf(input_ids=x, attention_mask=mask).logits[mask.bool()],
                                    expected[mask.bool()], atol=1e-4, rtol=0)
 
-    # The backbone alone still goes out when asked for; word-shape vectors cannot go at all.
+    # The backbone alone still goes out when asked for; word-shape vectors and a CRF cannot go at all.
     backbone = export_hf(run, tmp_path / "backbone", architecture="BertModel")
     assert hf_load(transformers.AutoModel, backbone)[1] == {}
     cased = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, case_features=True)
     with pytest.raises(PretrainerError, match="case_features"):
         save_hf(cased, wordpiece, tmp_path / "cased")
+    with_crf = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, crf=True)
+    with pytest.raises(PretrainerError, match="finetune.crf"):
+        save_hf(with_crf, wordpiece, tmp_path / "crf")
     with pytest.raises(PretrainerError, match="no tagger"):
         save_hf(model.backbone, wordpiece, tmp_path / "bare", architecture=BERT.tagger_architecture)
 

@@ -272,6 +272,48 @@ def test_finetune_tokens_learns_a_simple_tagging_task(tmp_path, tokenizer):
     assert results["dev"]["f1"] > 0.9, results["dev"]
 
 
+def test_crf_tagger_learns_and_reloads_with_its_constraints(tmp_path, tokenizer):
+    from pretrainer.api import load_run
+    from pretrainer.data.conll import iterate_tagging_once, read_conll
+
+    train = write_conll(tmp_path / "train.txt", tagged_sentences(300, seed=1))
+    dev = write_conll(tmp_path / "dev.txt", tagged_sentences(40, seed=2))
+    cfg = ner_config(tmp_path, tokenizer, train, dev, "--finetune.train.epochs=0",
+                     "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3",
+                     "--finetune.train.warmup=0.1", "--finetune.classifier_dropout=0.0", "--finetune.crf=true")
+    results = finetune_tokens(cfg, **QUIET)
+    assert results["dev"]["f1"] > 0.9, results["dev"]
+
+    model, _ = load_run(tmp_path / "run" / "finetune")
+    labels = results["labels"]
+    assert model.crf is not None and model.crf.transitions.abs().sum() > 0  # trained, and saved
+    assert not model.crf.allowed[labels.index("O"), labels.index("I-LOC")]  # the constraints came back too
+    dev_set = encode_sentences(read_conll(str(dev)), tokenizer, labels, max_len=48)
+    again = TokenClassificationObjective(labels).evaluate(model, iterate_tagging_once(dev_set, 16))
+    assert again["f1"] == pytest.approx(results["dev"]["f1"])
+
+
+def test_crf_never_opens_an_entity_with_i_where_the_argmax_does(make_model):
+    # Scores that favour I-LOC word by word: the per-token argmax opens entities with it;
+    # Viterbi under the IOB2 constraints never does.
+    from pretrainer.objectives.token_classification import _predict
+
+    names = ["O", "B-LOC", "I-LOC"]
+    tagger = TokenClassifier(make_model("bert"), num_labels=3, crf=True)
+    tagger.crf.restrict_to_iob2(names)
+    torch.manual_seed(0)
+    logits = torch.randn(8, 12, 3) * 3
+    logits[..., 2] += 2.0  # I-LOC favoured word by word
+    labels = torch.zeros(8, 12, dtype=torch.long)
+    labels[:, 0] = labels[:, -1] = -100  # [CLS] and [SEP]
+    plain = logits.argmax(dim=-1)
+    viterbi = _predict(tagger, logits, labels)
+    ill_formed = lambda tags: any(  # noqa: E731
+        t == 2 and (i == 1 or tags[i - 1] == 0) for i, t in enumerate(tags) if 1 <= i <= 10)
+    assert any(ill_formed(row) for row in plain.tolist())
+    assert not any(ill_formed(row) for row in viterbi.tolist())
+
+
 def capitalised_names(n, seed):
     """Tags only capitalisation tells apart: "Kim" is a name, "kim" a word (an uncased
     tokenizer sees the two the same)."""
@@ -318,15 +360,20 @@ def test_case_features_are_refused_where_they_do_not_apply(tmp_path, tokenizer, 
 
 @pytest.mark.parametrize("method", ["full", "freeze", "llrd", "lora"])
 def test_tagger_for_each_transfer_method(make_model, method):
-    ft = dataclasses.replace(Config().finetune, method=method, freeze_layers=1, layer_decay=0.5, case_features=True)
+    ft = dataclasses.replace(Config().finetune, method=method, freeze_layers=1, layer_decay=0.5, case_features=True,
+                             crf=True, crf_lr=0.05)
     model = build_tagger(ft, make_model("bert"), num_labels=3)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert {"head.weight", "head.bias", "case_embeddings.weight"} <= trainable
+    assert {"head.weight", "head.bias", "case_embeddings.weight", "crf.transitions"} <= trainable
+    # The CRF trains at its own rate, in a group of its own; every trainable tensor is in one group.
+    groups = model.param_groups(0.01)
+    assert groups[-1]["lr"] == 0.05 and set(map(id, groups[-1]["params"])) == set(map(id, model.crf.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
     if method == "freeze":
         assert not any(name.startswith("backbone.embeddings.") for name in trainable)
     if method == "lora":
-        assert all(name.startswith(("head.", "case_embeddings.")) or "lora_" in name for name in trainable)
+        assert all(name.startswith(("head.", "case_embeddings.", "crf.")) or "lora_" in name for name in trainable)
     if method == "llrd":
-        scales = [g["lr_scale"] for g in model.param_groups(0.01)]
+        scales = [g["lr_scale"] for g in groups if "lr_scale" in g]
         # The head trains at the full rate, the embeddings (depth 0) at decay ** (n_layers + 1).
         assert max(scales) == 1.0 and min(scales) == pytest.approx(0.5 ** (model.backbone.n_layers + 1))
