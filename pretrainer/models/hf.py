@@ -117,7 +117,7 @@ def import_hf(hf_dir: str | os.PathLike):
     """(model, tokenizer, info) from a Hugging Face BERT or GPT-2 folder.
 
     A BertForSequenceClassification checkpoint becomes a SequenceClassifier (CLS pooling), a
-    BertForTokenClassification one a TokenClassifier.
+    BertForTokenClassification or GPT2ForTokenClassification one a TokenClassifier.
     Heads the checkpoint lacks (MiniLM has no MLM head) are initialised deterministically
     and listed in `info["initialised"]`; weights with no place in our model are listed in
     `info["dropped"]`; `info["notes"]` has every message for the user, one line each.

@@ -175,7 +175,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
 
     Without `architecture`, the class is the smallest that holds the weights the run trained:
     BertForMaskedLM after MLM, BertForPreTraining after MLM+NSP, GPT2LMHeadModel after CLM,
-    BertForSequenceClassification for a classifier, BertForTokenClassification for a tagger, and
+    BertForSequenceClassification for a classifier, Bert/GPT2ForTokenClassification for a tagger, and
     for an imported run the parts the source checkpoint had (MiniLM: BertModel). Untrained heads
     are left out rather than shipped as random weights. Label names come from results.json or imported_from.json.
     """

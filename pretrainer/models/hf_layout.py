@@ -191,7 +191,8 @@ def bert_part(hf_name: str) -> str:
 
 
 def gpt2_part(hf_name: str) -> str:
-    for prefix, part in (("transformer.", "base"), ("lm_head.", "lm_head"), ("score.", "classifier")):
+    for prefix, part in (("transformer.", "base"), ("lm_head.", "lm_head"), ("classifier.", "classifier"),
+                         ("score.", "classifier")):
         if hf_name.startswith(prefix):
             return part
     return "other"
@@ -274,8 +275,10 @@ GPT2 = HFFamily(
     model_type="gpt2", our_name="gpt", base_prefix="transformer.", base_architecture="GPT2Model",
     config_from_hf=gpt2_config_from_hf, config_to_hf=gpt2_config_to_hf, hf_names=gpt2hf_names,
     canonical=gpt2_canonical, part_of=gpt2_part, transposed=gpt2_transposed,
-    architectures={"GPT2Model": frozenset({"base"}), "GPT2LMHeadModel": frozenset({"base", "lm_head"})},
-    classifier_architecture=None, tagger_architecture=None,
+    architectures={"GPT2Model": frozenset({"base"}), "GPT2LMHeadModel": frozenset({"base", "lm_head"}),
+                   "GPT2ForTokenClassification": frozenset({"base", "classifier"})},
+    # GPT2ForSequenceClassification scores the last token; our classifier pools, so it has no equivalent.
+    classifier_architecture=None, tagger_architecture="GPT2ForTokenClassification",
     fresh_parts={"lm_head": "untied LM head: N(0, init_std) weights"})
 
 # Which parts each pre-training objective trains; on export the other parts are left out by default.

@@ -328,6 +328,25 @@ def test_export_gpt_run(tied, tiny_config, bytebpe, tmp_path):
     assert_same_token_ids(bytebpe, out)
 
 
+def test_export_gpt_tagger_run(tiny_config, bytebpe, tmp_path):
+    torch.manual_seed(0)
+    model = TokenClassifier(build_model(tiny_config("gpt"), bytebpe.vocab_size), num_labels=3).eval()
+    perturb(model)
+    run = write_run(tmp_path / "run", model, bytebpe, results={"labels": ["O", "B-PER", "I-PER"]})
+    out = export_hf(run, tmp_path / "hf")
+    hf, report = hf_load(transformers.AutoModelForTokenClassification, out)
+    assert report == {} and type(hf).__name__ == "GPT2ForTokenClassification"
+    x, mask = batch(bytebpe, SENTENCES)
+    real = mask.bool()
+    with torch.no_grad():
+        expected = model({"input_ids": x, "attention_mask": real})
+        torch.testing.assert_close(hf(input_ids=x, attention_mask=mask).logits[real], expected[real],
+                                   atol=1e-4, rtol=0)
+        again, _, info = import_hf(out)  # and back: a tagger again, with its labels
+        assert isinstance(again, TokenClassifier) and info["labels"] == ["O", "B-PER", "I-PER"]
+        torch.testing.assert_close(again({"input_ids": x, "attention_mask": real}), expected, atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------- refusals
 
 
