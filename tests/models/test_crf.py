@@ -83,3 +83,25 @@ def test_decoding_never_opens_an_entity_with_i():
     emissions[0, 1:, 1] = 4.0  # B-PER is a close second
     path = crf.decode(emissions, torch.ones(1, 3, dtype=torch.bool))[0].tolist()
     assert [TAGS[t] for t in path] == ["O", "B-PER", "I-PER"]
+
+
+def test_tagger_objective_runs_the_crf_over_first_sub_tokens_only():
+    # Labeled (first) sub-tokens sit among unlabeled ones; the CRF must see just those, in order.
+    from pretrainer.objectives.token_classification import _labeled_words, _loss_sum, _predict
+
+    class Tagger(torch.nn.Module):
+        crf = random_crf(3, seed=2)
+
+    torch.manual_seed(3)
+    logits = torch.randn(2, 6, 3)
+    labels = torch.tensor([[-100, 1, -100, 2, 0, -100], [-100, -100, 2, -100, -100, -100]])
+    words, tags, mask, _ = _labeled_words(logits, labels)
+    torch.testing.assert_close(words[0, :3], logits[0, [1, 3, 4]])
+    torch.testing.assert_close(words[1, :1], logits[1, [2]])
+    assert tags.tolist() == [[1, 2, 0], [2, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
+    expected = -(Tagger.crf.log_likelihood(logits[:1, [1, 3, 4]], labels[:1, [1, 3, 4]], torch.ones(1, 3, dtype=bool))
+                 + Tagger.crf.log_likelihood(logits[1:, [2]], labels[1:, [2]], torch.ones(1, 1, dtype=bool)))
+    torch.testing.assert_close(_loss_sum(Tagger(), logits, labels), expected.sum())
+    predicted = _predict(Tagger(), logits, labels)
+    path = Tagger.crf.decode(words, mask)
+    assert predicted[0, [1, 3, 4]].tolist() == path[0].tolist() and predicted[1, 2] == path[1, 0]
