@@ -179,7 +179,26 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer
     else:
         raise PretrainerError(f"config key 'tokenizer.kind' must be wordpiece or bytebpe, got {cfg.kind!r}")
     tokenizer.train_from_iterator(texts, trainer)
+    if cfg.kind == "wordpiece":
+        _renumber_wordpiece(tokenizer)
     return TextTokenizer(tokenizer, source=f"trained {cfg.kind} tokenizer")
+
+
+def _renumber_wordpiece(tokenizer: Tokenizer) -> None:
+    """Give a trained WordPiece vocabulary ids that depend only on its tokens.
+
+    WordPieceTrainer numbers tokens of equal count in hash-map order, so training twice on the
+    same corpus gave the same tokens under different ids (and different results from the same
+    seed). WordPiece matches by string, so any numbering tokenizes the same: keep the specials
+    where they are and number the rest in string order.
+    """
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    specials = sorted(WORDPIECE_SPECIALS, key=vocab.__getitem__)
+    if [vocab[t] for t in specials] != list(range(len(specials))):
+        raise RuntimeError(f"WordPieceTrainer put the special tokens at {[vocab[t] for t in specials]}")
+    rest = sorted(t for t in vocab if t not in WORDPIECE_SPECIALS)
+    tokenizer.model = models.WordPiece({t: i for i, t in enumerate(specials + rest)}, unk_token=UNK,
+                                       continuing_subword_prefix="##")
 
 
 def tokenizer_file(path: str | os.PathLike) -> Path:

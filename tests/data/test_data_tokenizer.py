@@ -67,6 +67,16 @@ def test_trained_wordpiece_specials_and_roundtrip(wordpiece, tmp_path):
     assert reloaded.encode_batch(["The cat sat"]) == tok.encode_batch(["The cat sat"])
 
 
+def test_training_twice_gives_the_same_ids():
+    # WordPieceTrainer numbers tokens of equal count in hash-map order; ids must not depend on it.
+    words = "the cat sat on the mat while a dog ran past the big red barn and slept".split()
+    texts = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 3
+    cfg = TokenizerConfig(kind="wordpiece", vocab_size=400, min_frequency=1)
+    vocabs = [train_tokenizer(texts, cfg).tokenizer.get_vocab() for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs)
+    assert [vocabs[0][t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+
+
 def test_trained_bytebpe_specials(bytebpe):
     tok = bytebpe
     assert tok.kind == "bytebpe" and tok.mask_id is None
