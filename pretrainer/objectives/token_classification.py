@@ -31,8 +31,9 @@ class TokenClassificationObjective:
         labels = batch["labels"]
         labeled = labels != IGNORE_INDEX
         # Summed then divided, so a batch without a labeled token gives 0, not NaN.
-        loss = _loss_sum(model, logits, labels) / labeled.sum().clamp(min=1)
-        correct = (_predict(model, logits, labels) == labels) & labeled
+        loss_sum, predicted = _loss_and_predictions(model, logits, labels)
+        loss = loss_sum / labeled.sum().clamp(min=1)
+        correct = (predicted == labels) & labeled
         acc = correct.sum() / labeled.sum().clamp(min=1)
         return {"loss": loss, "acc": acc.detach(), "n_tokens": batch["input_ids"].numel()}
 
@@ -53,10 +54,10 @@ class TokenClassificationObjective:
         for batch in evaluation_batches(model, batches):
             logits = model(batch)  # (B, T, num_labels)
             labels = batch["labels"]
-            loss_sum += float(_loss_sum(model, logits, labels))
+            batch_loss, batch_predicted = _loss_and_predictions(model, logits, labels)
+            loss_sum += float(batch_loss)
             n_labeled += int((labels != IGNORE_INDEX).sum())
-            g, p = self.word_tags(_predict(model, logits, labels).cpu(), batch["label_word"].cpu(),
-                                  batch["word_labels"].cpu())
+            g, p = self.word_tags(batch_predicted.cpu(), batch["label_word"].cpu(), batch["word_labels"].cpu())
             gold += g
             predicted += p
         if not gold:
@@ -89,28 +90,27 @@ class TokenClassificationObjective:
 # ---------------------------------------------------------------- softmax or CRF
 
 
-def _loss_sum(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed over the batch: cross-entropy of every labeled sub-token, or with a CRF the
-    negative log-likelihood of every sentence's tag sequence."""
+def _loss_and_predictions(model: nn.Module, logits: torch.Tensor,
+                          labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss summed over the batch and the predicted tag ids (B, T).
+
+    Without a CRF: the cross-entropy of every labeled sub-token, and the argmax per token.
+    With one: the negative log-likelihood of every sentence's tag sequence, and the Viterbi
+    path over the labeled sub-tokens (0 elsewhere; only labeled positions are read). Both
+    read the same packing of the labeled sub-tokens, made once.
+    """
     crf = getattr(model, "crf", None)
     if crf is None:
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
                                reduction="sum")
-    words, tags, mask, _ = _labeled_words(logits, labels)
-    return -crf.log_likelihood(words, tags, mask).sum()
-
-
-def _predict(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Predicted tag ids (B, T): the argmax per token, or with a CRF the Viterbi path over the
-    labeled sub-tokens (0 elsewhere; only labeled positions are read)."""
-    crf = getattr(model, "crf", None)
-    if crf is None:
-        return logits.argmax(dim=-1)
-    words, _, mask, (rows, cols, slots) = _labeled_words(logits, labels)
-    path = crf.decode(words, mask)  # (B, W)
+        return loss, logits.argmax(dim=-1)
+    words, tags, mask, (rows, cols, slots) = _labeled_words(logits, labels)
+    loss = -crf.log_likelihood(words, tags, mask).sum()
+    with torch.no_grad():  # decoding is a prediction, not part of the loss's graph
+        path = crf.decode(words, mask)  # (B, W)
     predicted = torch.zeros_like(labels)
     predicted[rows, cols] = path[rows, slots]
-    return predicted
+    return loss, predicted
 
 
 def _labeled_words(logits: torch.Tensor, labels: torch.Tensor):

@@ -87,7 +87,7 @@ def test_decoding_never_opens_an_entity_with_i():
 
 def test_tagger_objective_runs_the_crf_over_first_sub_tokens_only():
     # Labeled (first) sub-tokens sit among unlabeled ones; the CRF must see just those, in order.
-    from pretrainer.objectives.token_classification import _labeled_words, _loss_sum, _predict
+    from pretrainer.objectives.token_classification import _labeled_words, _loss_and_predictions
 
     class Tagger(torch.nn.Module):
         crf = random_crf(3, seed=2)
@@ -101,7 +101,7 @@ def test_tagger_objective_runs_the_crf_over_first_sub_tokens_only():
     assert tags.tolist() == [[1, 2, 0], [2, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
     expected = -(Tagger.crf.log_likelihood(logits[:1, [1, 3, 4]], labels[:1, [1, 3, 4]], torch.ones(1, 3, dtype=bool))
                  + Tagger.crf.log_likelihood(logits[1:, [2]], labels[1:, [2]], torch.ones(1, 1, dtype=bool)))
-    torch.testing.assert_close(_loss_sum(Tagger(), logits, labels), expected.sum())
-    predicted = _predict(Tagger(), logits, labels)
+    loss, predicted = _loss_and_predictions(Tagger(), logits, labels)
+    torch.testing.assert_close(loss, expected.sum())
     path = Tagger.crf.decode(words, mask)
     assert predicted[0, [1, 3, 4]].tolist() == path[0].tolist() and predicted[1, 2] == path[1, 0]

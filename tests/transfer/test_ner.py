@@ -296,7 +296,7 @@ def test_crf_tagger_learns_and_reloads_with_its_constraints(tmp_path, tokenizer)
 def test_crf_never_opens_an_entity_with_i_where_the_argmax_does(make_model):
     # Scores that favour I-LOC word by word: the per-token argmax opens entities with it;
     # Viterbi under the IOB2 constraints never does.
-    from pretrainer.objectives.token_classification import _predict
+    from pretrainer.objectives.token_classification import _loss_and_predictions
 
     names = ["O", "B-LOC", "I-LOC"]
     tagger = TokenClassifier(make_model("bert"), num_labels=3, crf=True)
@@ -307,7 +307,7 @@ def test_crf_never_opens_an_entity_with_i_where_the_argmax_does(make_model):
     labels = torch.zeros(8, 12, dtype=torch.long)
     labels[:, 0] = labels[:, -1] = -100  # [CLS] and [SEP]
     plain = logits.argmax(dim=-1)
-    viterbi = _predict(tagger, logits, labels)
+    _, viterbi = _loss_and_predictions(tagger, logits, labels)
     ill_formed = lambda tags: any(  # noqa: E731
         t == 2 and (i == 1 or tags[i - 1] == 0) for i, t in enumerate(tags) if 1 <= i <= 10)
     assert any(ill_formed(row) for row in plain.tolist())
