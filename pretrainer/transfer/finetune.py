@@ -70,9 +70,8 @@ def check_finetune_config(cfg: Config) -> None:
         raise PretrainerError(f"config key 'finetune.label_fraction' must be in (0, 1], got {ft.label_fraction}")
     if ft.n_labels < 0:
         raise PretrainerError(f"config key 'finetune.n_labels' must be >= 0, got {ft.n_labels}")
-    if ft.task == "tokens" and ft.method not in ("full", "freeze", "llrd", "lora"):
-        raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
-                              "choose full, freeze, llrd or lora")
+    if ft.task == "tokens":
+        check_tagger_method(ft.method)
     for key in ("case_features", "crf"):
         if getattr(ft, key) and ft.task != "tokens":
             raise PretrainerError(f"config key 'finetune.{key}' applies to finetune.task = \"tokens\" only")
@@ -81,6 +80,16 @@ def check_finetune_config(cfg: Config) -> None:
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")
+
+
+# Tagging has no probe or prompt variant: these are the methods a TokenClassifier trains with.
+TAGGER_METHODS = ("full", "freeze", "llrd", "lora")
+
+
+def check_tagger_method(method: str) -> None:
+    if method not in TAGGER_METHODS:
+        raise PretrainerError(f"config key 'finetune.method' = {method!r} does not apply to task = tokens; "
+                              f"choose {', '.join(TAGGER_METHODS)}")
 
 
 def run_directory(cfg: Config) -> Path:

@@ -13,7 +13,7 @@ from torch import nn
 from pretrainer.config import Config, save_config
 from pretrainer.errors import PretrainerError
 from pretrainer.transfer.finetune import (_load_backbone, _save_transferable, check_finetune_config,
-                                          run_directory, train_and_select)
+                                          check_tagger_method, run_directory, train_and_select)
 
 
 def finetune_tokens(cfg: Config, resume: bool = False, log=print) -> dict:
@@ -90,9 +90,7 @@ def build_tagger(ft, backbone: nn.Module, num_labels: int) -> nn.Module:
     from pretrainer.models.heads import TokenClassifier
     from pretrainer.transfer.methods import head_kwargs, restrict_trainable
 
-    if ft.method not in ("full", "freeze", "llrd", "lora"):
-        raise PretrainerError(f"config key 'finetune.method' = {ft.method!r} does not apply to task = tokens; "
-                              "choose full, freeze, llrd or lora")
+    check_tagger_method(ft.method)
     tagger = TokenClassifier(backbone, num_labels, case_features=ft.case_features, crf=ft.crf,
                              crf_lr=ft.crf_lr, **head_kwargs(ft))
     return restrict_trainable(tagger, ft)

@@ -377,3 +377,14 @@ def test_tagger_for_each_transfer_method(make_model, method):
         scales = [g["lr_scale"] for g in groups if "lr_scale" in g]
         # The head trains at the full rate, the embeddings (depth 0) at decay ** (n_layers + 1).
         assert max(scales) == 1.0 and min(scales) == pytest.approx(0.5 ** (model.backbone.n_layers + 1))
+
+
+@pytest.mark.parametrize("method", ["probe", "cloze", "soft_prompt"])
+def test_methods_without_a_tagger_variant_are_refused(make_model, method):
+    from pretrainer.transfer.finetune import check_finetune_config
+
+    cfg = load_config(None, ['--finetune.data.train="x.conll"', '--finetune.task="tokens"', f'--finetune.method="{method}"'])
+    with pytest.raises(PretrainerError, match="finetune.method"):
+        check_finetune_config(cfg)
+    with pytest.raises(PretrainerError, match="choose full, freeze, llrd, lora"):
+        build_tagger(cfg.finetune, make_model("bert"), num_labels=3)
