@@ -144,6 +144,20 @@ def load_run(run_dir: str | Path):
     return model, load_tokenizer(run_dir)
 
 
+def run_label_names(run_dir: str | Path) -> list[str] | None:
+    """The label names of a run's head, in output order: from results.json (fine-tuned here)
+    or imported_from.json (imported from Hugging Face); None when neither has them."""
+    from pretrainer.models.hf_layout import read_json
+
+    for record in ("results.json", "imported_from.json"):
+        path = Path(run_dir) / record
+        if path.is_file():
+            labels = read_json(path).get("labels")
+            if labels:
+                return [str(label) for label in labels]
+    return None
+
+
 def evaluate(cfg: Config, log=print) -> dict:
     """Held-out metrics (masked-token accuracy / perplexity) of the run in `cfg.run.dir`."""
     from pretrainer.data.loader import eval_batches

@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command("finetune", "fine-tune on a labeled task (the [finetune] section)", resume=True)(sub)
     _config_command("curve", "label-efficiency: fine-tune pre-trained vs scratch (and more) over label "
                              "fractions and seeds")(sub)
-    _config_command("evaluate", "evaluate a pre-training run on held-out text")(sub)
+    e = _config_command("evaluate", "evaluate a pre-training run on held-out text, or (--finetuned) a fine-tuned "
+                                    "model on labeled files")(sub)
+    e.add_argument("--finetuned", action="store_true",
+                   help="score the model in finetune.dir on finetune.data.dev / test (accuracy and macro-F1, "
+                        "or entity F1 for a tagger); writes evaluation.json there")
 
     g = sub.add_parser("generate", help="sample text from a causal-LM run")
     g.add_argument("run_dir")
@@ -133,6 +137,10 @@ def _run(args, overrides: list[str]) -> int:
         from pretrainer.transfer.curve import curve
 
         curve(cfg)
+    elif args.command == "evaluate" and args.finetuned:
+        from pretrainer.transfer.scoring import evaluate_finetuned
+
+        evaluate_finetuned(cfg)
     elif args.command == "evaluate":
         api.evaluate(cfg)
     return 0

@@ -179,19 +179,14 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
     for an imported run the parts the source checkpoint had (MiniLM: BertModel). Untrained heads
     are left out rather than shipped as random weights. Label names come from results.json or imported_from.json.
     """
-    from pretrainer.api import load_run
+    from pretrainer.api import load_run, run_label_names
 
     run_dir = Path(run_dir)
     model, tokenizer = load_run(run_dir)
     family = FAMILIES_BY_NAME.get(model.config.name)
     if architecture is None and family is not None:
         architecture = choose_architecture(family, head_kind(model), _trained_parts(run_dir, family))
-    labels = None
-    for record in ("results.json", "imported_from.json"):
-        if (run_dir / record).is_file():
-            labels = read_json(run_dir / record).get("labels")
-            if labels:
-                break
+    labels = run_label_names(run_dir)
     return save_hf(model, tokenizer, out_dir, architecture, labels=labels, overwrite=overwrite)
 
 

@@ -36,11 +36,11 @@ def finetune_tokens(cfg: Config, resume: bool = False, log=print) -> dict:
     torch.manual_seed(cfg.run.seed)
     backbone, tokenizer, source = _load_backbone(cfg, log)
 
-    train_sentences = _read_split(ft.data.train, ft.data)
+    train_sentences = read_tagged_split(ft.data.train, ft.data)
     label_names = ft.data.labels or infer_tag_names(train_sentences)
     train_set = encode_sentences(train_sentences, tokenizer, label_names, ft.max_len)
     subset = sentence_subset(len(train_set), ft.label_fraction, ft.n_labels, seed=cfg.run.seed)
-    dev_set, test_set = (encode_sentences(_read_split(path, ft.data), tokenizer, label_names, ft.max_len)
+    dev_set, test_set = (encode_sentences(read_tagged_split(path, ft.data), tokenizer, label_names, ft.max_len)
                          if path else None for path in (ft.data.dev, ft.data.test))
 
     model = build_tagger(ft, backbone, len(label_names))
@@ -96,7 +96,7 @@ def build_tagger(ft, backbone: nn.Module, num_labels: int) -> nn.Module:
     return restrict_trainable(tagger, ft)
 
 
-def _read_split(path: str, data_cfg):
+def read_tagged_split(path: str, data_cfg):
     from pretrainer.data.conll import read_conll
 
     sentences = read_conll(path, data_cfg.token_prefix, data_cfg.on_bad_utf8)
