@@ -86,3 +86,23 @@ def tiny_transfer_task():
 @pytest.fixture(scope="session")
 def task_words():
     return TASK_WORDS
+
+
+def _good_task_rows(n: int = 60, seed: int = 0) -> list[dict]:
+    """Labeled rows for a task a tiny model learns: label "1" when the text holds "good"."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.choices(TASK_WORDS[1:], k=5)
+        if i % 2:
+            words[rng.randrange(5)] = "good"
+        rows.append({"text": " ".join(words), "label": str(i % 2)})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def good_task_rows():
+    """`_good_task_rows` as a fixture."""
+    return _good_task_rows

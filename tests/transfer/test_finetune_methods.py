@@ -1,7 +1,6 @@
 """Partial fine-tuning, layer-wise rates, early stopping, the linear probe, and each method end to end."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -125,16 +124,10 @@ def test_features_are_cached_by_content(make_model, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory, tiny_transfer_task, task_words):
+def tiny_task(tmp_path_factory, tiny_transfer_task, good_task_rows):
     """A pre-trained tiny BERT and a labeled task whose label is whether 'good' appears."""
     tmp = tmp_path_factory.mktemp("task")
-    rng = random.Random(0)
-    rows = []
-    for i in range(60):
-        words = rng.choices(task_words[1:], k=5)
-        if i % 2:
-            words[rng.randrange(5)] = "good"
-        rows.append({"text": " ".join(words), "label": str(i % 2)})
+    rows = good_task_rows(seed=0)
     # A vocabulary large enough that the verbalizer words are single tokens.
     cfg = tiny_transfer_task(tmp, rows, "--tokenizer.vocab_size=120", "--model.n_layers=2",
                              "--finetune.train.epochs=2.0")

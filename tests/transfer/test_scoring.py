@@ -16,16 +16,10 @@ QUIET = dict(log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory, tiny_transfer_task, task_words):
+def classifier_run(tmp_path_factory, tiny_transfer_task, good_task_rows):
     """A tiny BERT fine-tuned (full) to tell whether 'good' appears, with its dev rows."""
     tmp = tmp_path_factory.mktemp("scoring")
-    rng = random.Random(1)
-    rows = []
-    for i in range(60):
-        words = rng.choices(task_words[1:], k=5)
-        if i % 2:
-            words[rng.randrange(5)] = "good"
-        rows.append({"text": " ".join(words), "label": str(i % 2)})
+    rows = good_task_rows(seed=1)
     cfg = tiny_transfer_task(tmp, rows, "--tokenizer.vocab_size=120", "--finetune.train.epochs=10.0",
                              "--finetune.train.lr=3e-3", "--finetune.classifier_dropout=0.0",
                              f'--finetune.dir="{tmp / "ft"}"')
