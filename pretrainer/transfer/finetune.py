@@ -51,14 +51,11 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     set_determinism(cfg.impl, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     backbone, tokenizer, source = _load_backbone(cfg, log)
-    max_len = ft.max_len
-    if ft.method == "soft_prompt":  # the prompt vectors take up positions too
-        max_len = min(max_len, backbone.config.max_len - ft.prompt.soft_tokens)
-    splits = load_splits(cfg, tokenizer, max_len)
+    splits = load_splits(cfg, tokenizer, input_length(ft, backbone))
     if ft.method == "probe":
         from pretrainer.transfer.probe import linear_probe
 
-        return linear_probe(cfg, backbone, splits, source, log=log)
+        return linear_probe(cfg, backbone, tokenizer, splits, source, log=log)
     return _train_classifier(cfg, backbone, tokenizer, splits, source, resume, log)
 
 
@@ -98,19 +95,11 @@ def run_directory(cfg: Config) -> Path:
 
 def load_splits(cfg: Config, tokenizer, max_len: int) -> LabeledSplits:
     """Read and encode train/dev/test; cloze methods wrap each text in the template."""
-    from pretrainer.data.labeled import encode_examples, infer_label_names
+    from pretrainer.data.labeled import infer_label_names
     from pretrainer.data.readers import read_labeled
 
     ft = cfg.finetune
-    if ft.method in CLOZE_METHODS:
-        from pretrainer.transfer.prompts import encode_cloze_examples
-
-        def encode(examples, names):
-            return encode_cloze_examples(examples, tokenizer, names, ft.prompt.template, max_len)
-    else:
-        def encode(examples, names):
-            return encode_examples(examples, tokenizer, names, max_len)
-
+    encode = example_encoder(ft, tokenizer, max_len)
     train_examples = read_labeled(ft.data.train, ft.data)
     label_names = ft.data.labels or infer_label_names(train_examples)
     train = encode(train_examples, label_names)
@@ -121,6 +110,25 @@ def load_splits(cfg: Config, tokenizer, max_len: int) -> LabeledSplits:
 
     return LabeledSplits(label_names=label_names, train=train, subset=label_subset(ft, train.labels, cfg.run.seed),
                          dev=split(ft.data.dev), test=split(ft.data.test))
+
+
+def input_length(ft, backbone: nn.Module) -> int:
+    """The longest encoded input: finetune.max_len, less the positions a soft prompt takes."""
+    if ft.method == "soft_prompt":
+        return min(ft.max_len, backbone.config.max_len - ft.prompt.soft_tokens)
+    return ft.max_len
+
+
+def example_encoder(ft, tokenizer, max_len: int) -> Callable:
+    """encode(examples, label_names) -> EncodedDataset for `ft.method`: cloze methods wrap each
+    text in the template."""
+    from pretrainer.data.labeled import encode_examples
+
+    if ft.method in CLOZE_METHODS:
+        from pretrainer.transfer.prompts import encode_cloze_examples
+
+        return lambda examples, names: encode_cloze_examples(examples, tokenizer, names, ft.prompt.template, max_len)
+    return lambda examples, names: encode_examples(examples, tokenizer, names, max_len)
 
 
 def evaluation_sample(examples, max_examples: int):
@@ -166,6 +174,18 @@ def build_classifier(ft, backbone: nn.Module, tokenizer, label_names: list[str])
     return restrict_trainable(SequenceClassifier(backbone, n, pooling=ft.pooling, **head_kwargs(ft)), ft)
 
 
+def calibrate_zero_shot(model: nn.Module, ft, tokenizer, label_names: list[str], log) -> None:
+    """Contextual calibration of a zero-shot cloze classifier, when finetune.prompt.calibrate."""
+    if not ft.prompt.calibrate:
+        return
+    from pretrainer.transfer.prompts import content_free_batch
+
+    bias = model.calibrate(content_free_batch(tokenizer, label_names, ft.prompt.template,
+                                              has_pairs="{pair}" in ft.prompt.template))
+    log("calibrated on the content-free input: label log-probabilities "
+        + ", ".join(f"{name} {b:.2f}" for name, b in zip(label_names, bias.tolist())))
+
+
 def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, source: str, resume: bool,
                       log) -> dict:
     from pretrainer.data.labeled import ClassificationLoader, iterate_once
@@ -179,13 +199,7 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
     trainable, total = count_parameters(model)
     if ft.method == "cloze_zero_shot":
         trainable = 0  # nothing is trained, whatever requires_grad says
-        if ft.prompt.calibrate:
-            from pretrainer.transfer.prompts import content_free_batch
-
-            bias = model.calibrate(content_free_batch(tokenizer, splits.label_names, ft.prompt.template,
-                                                      has_pairs="{pair}" in ft.prompt.template))
-            log("calibrated on the content-free input: label log-probabilities "
-                + ", ".join(f"{name} {b:.2f}" for name, b in zip(splits.label_names, bias.tolist())))
+        calibrate_zero_shot(model, ft, tokenizer, splits.label_names, log)
     objective = ClassificationObjective(len(splits.label_names))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")

@@ -22,11 +22,13 @@ from pretrainer.config import Config, save_config
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight of 0.5 * ||W||^2 against the mean cross-entropy
 
 
-def linear_probe(cfg: Config, backbone: nn.Module, splits, source: str, log=print) -> dict:
-    """Fit and evaluate a probe; writes results.json (and the head) like `finetune`."""
+def linear_probe(cfg: Config, backbone: nn.Module, tokenizer, splits, source: str, log=print) -> dict:
+    """Fit and evaluate a probe; writes results.json and the model like `finetune`: a plain
+    SequenceClassifier whose head has the feature standardisation folded in, so a probe run
+    loads, evaluates and exports like any fine-tuned classifier."""
     from pretrainer.evaluation.metrics import accuracy, macro_f1
-    from pretrainer.training.checkpoint import atomic_write_text, save_weights
-    from pretrainer.transfer.finetune import run_directory
+    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.transfer.finetune import _save_transferable, run_directory
 
     ft = cfg.finetune
     run_dir = run_directory(cfg)
@@ -71,11 +73,24 @@ def linear_probe(cfg: Config, backbone: nn.Module, splits, source: str, log=prin
             preds = _predict(head, standardise(features[split]))
             results[split] = {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels, n_labels)}
             log(f"{split}: accuracy {results[split]['accuracy']:.4f}, macro-F1 {results[split]['macro_f1']:.4f}")
-    # The head acts on standardised features: keep the statistics with it.
-    save_weights({"weight": head.weight.detach(), "bias": head.bias.detach(), "feature_mean": mean,
-                  "feature_std": std}, run_dir / "probe.safetensors")
+    _save_transferable(classifier_with_probe(backbone, head, mean, std, ft.pooling), run_dir)
+    tokenizer.save(run_dir)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def classifier_with_probe(backbone: nn.Module, head: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
+                          pooling: str) -> nn.Module:
+    """The probe as a SequenceClassifier: head((x - mean) / std) is one linear map of x, with
+    weight W / std and bias b - (W / std) . mean, so no standardisation step is needed."""
+    from pretrainer.models.heads import SequenceClassifier
+
+    model = SequenceClassifier(backbone, head.out_features, pooling=pooling)
+    weight = head.weight.detach() / std
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(head.bias.detach() - weight @ mean)
+    return model.eval()
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,

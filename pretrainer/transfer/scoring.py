@@ -1,20 +1,21 @@
 """Score a finished fine-tuned model on labeled files: `pretrainer evaluate CONFIG --finetuned`.
 
-The model is the one in `finetune.dir` (a fine-tuning run, or a Hugging Face classifier or
-tagger brought in with `pretrainer import`); the files are `finetune.data.dev` and
-`finetune.data.test`, read with the rest of `[finetune.data]`, so any file of the same shape
-can be scored by overriding them. The run's own label names (results.json, or
-imported_from.json) fix which output is which label, so a file whose labels are ordered
-differently, or miss one, is still scored right.
-
-Scored: runs whose model is a classifier or a tagger (methods full, freeze, llrd, lora). A
-probe, cloze or soft-prompt run keeps no such model; its scores are in its results.json.
+The model is the one in `finetune.dir`: a run of any `finetune.method`, or a Hugging Face
+classifier or tagger brought in with `pretrainer import`. It is rebuilt as its method used
+it (a cloze run with its template, verbalizer and calibration; a soft-prompt run around its
+init's architecture), from the run's own config.toml. The files are `finetune.data.dev` and
+`finetune.data.test` of the config given, read with the rest of its `[finetune.data]`, so any
+file of the same shape is one override away. The run's own label names (results.json, or
+imported_from.json) fix which output is which label, so a file that holds only some of the
+labels, or lists them in another order, is still scored right.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from pretrainer.api import run_label_names
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
 
@@ -23,60 +24,98 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
     """Metrics of the model in `finetune.dir` on each of finetune.data.dev / test that is set;
     also written to `<finetune.dir>/evaluation.json`. Classification: accuracy and macro-F1;
     tagging: entity-level precision / recall / F1 (per type too) and word accuracy."""
-    from pretrainer.api import load_run, run_label_names
-    from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+    from pretrainer.models.heads import TokenClassifier
     from pretrainer.training.checkpoint import atomic_write_text
     from pretrainer.transfer.finetune import run_directory
 
-    ft = cfg.finetune
+    data = cfg.finetune.data
     run_dir = run_directory(cfg)
-    files = {split: path for split, path in (("dev", ft.data.dev), ("test", ft.data.test)) if path}
+    files = {split: path for split, path in (("dev", data.dev), ("test", data.test)) if path}
     if not files:
         raise PretrainerError("config keys 'finetune.data.dev' and 'finetune.data.test' are both empty: "
                               "name the labeled file(s) to score")
-    model, tokenizer = load_run(run_dir)
-    if not isinstance(model, (SequenceClassifier, TokenClassifier)):
-        raise PretrainerError(f"{run_dir}: the model has no classification or tagging head (a probe, cloze or "
-                              "soft-prompt run, or a pre-training run); its scores are in its results.json")
     labels = run_label_names(run_dir)
-    if labels is None or len(labels) != model.num_labels:
-        raise PretrainerError(f"{run_dir}: no label names for the model's {model.num_labels} outputs "
-                              "(results.json or imported_from.json)")
-    model.eval()
-    score = _tagging_scorer if isinstance(model, TokenClassifier) else _classification_scorer
+    if labels is None:
+        raise PretrainerError(f"{run_dir}: no label names (results.json or imported_from.json): "
+                              "not a finished fine-tuning run")
+    model, tokenizer, recipe = _rebuild(run_dir, labels, log)
+    recipe = recipe or cfg.finetune  # an imported model brings no recipe: the given config's lengths
     results = {"run": str(run_dir), "labels": labels}
     for split, path in files.items():
-        results[split] = {"file": str(path), **score(cfg, model, tokenizer, labels, path)}
-        m = results[split]
         if isinstance(model, TokenClassifier):
+            m = _score_tagging(model, tokenizer, labels, path, cfg, recipe)
             log(f"{split} ({path}): entity F1 {m['f1']:.4f} (precision {m['precision']:.4f}, "
                 f"recall {m['recall']:.4f}), word accuracy {m['accuracy']:.4f}")
         else:
+            m = _score_classification(model, tokenizer, labels, path, cfg, recipe)
             log(f"{split} ({path}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
                 f"({m['n_examples']:,} examples)")
+        results[split] = {"file": str(path), **m}
     atomic_write_text(run_dir / "evaluation.json", json.dumps(results, indent=2))
     return results
 
 
-def _classification_scorer(cfg: Config, model, tokenizer, labels: list[str], path: str) -> dict:
-    from pretrainer.data.labeled import encode_examples, iterate_once
+def _rebuild(run_dir: Path, labels: list[str], log):
+    """(model in eval mode, tokenizer, the run's [finetune] section or None for an imported model)."""
+    from pretrainer.api import load_run
+    from pretrainer.config import load_config
+    from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+    from pretrainer.transfer.finetune import CLOZE_METHODS, build_classifier, calibrate_zero_shot
+
+    recipe = load_config(run_dir / "config.toml").finetune if (run_dir / "config.toml").is_file() else None
+    method = recipe.method if recipe else "full"
+    if method == "soft_prompt":
+        model, tokenizer = _soft_prompt_model(load_config(run_dir / "config.toml"), run_dir, labels)
+    else:
+        model, tokenizer = load_run(run_dir)
+        if method in CLOZE_METHODS:  # saved as the encoder with its MLM head
+            model = build_classifier(recipe, model, tokenizer, labels)
+            if method == "cloze_zero_shot":
+                calibrate_zero_shot(model, recipe, tokenizer, labels, log)
+        elif not isinstance(model, (SequenceClassifier, TokenClassifier)):
+            raise PretrainerError(f"{run_dir}: the model has no classification or tagging head "
+                                  "(a pre-training run?)")
+    if model.num_labels != len(labels):
+        raise PretrainerError(f"{run_dir}: the model has {model.num_labels} outputs but the run names "
+                              f"{len(labels)} labels")
+    return model.eval(), tokenizer, recipe
+
+
+def _soft_prompt_model(recipe: Config, run_dir: Path, labels: list[str]):
+    """A soft-prompt run keeps its whole classifier's weights but no model.json: rebuild the
+    classifier around its init's architecture (finetune.init must still exist), then load them."""
+    from pretrainer.data.tokenizer import load_tokenizer
+    from pretrainer.training.checkpoint import load_weights
+    from pretrainer.transfer.finetune import _load_backbone, build_classifier
+
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise PretrainerError(f"{run_dir}: no model.safetensors (is the run finished?)")
+    backbone, _, _ = _load_backbone(recipe, log=lambda *_: None)
+    tokenizer = load_tokenizer(run_dir)
+    model = build_classifier(recipe.finetune, backbone, tokenizer, labels)
+    load_weights(model, weights)
+    return model, tokenizer
+
+
+def _score_classification(model, tokenizer, labels: list[str], path: str, cfg: Config, recipe) -> dict:
+    from pretrainer.data.labeled import iterate_once
     from pretrainer.data.readers import read_labeled
     from pretrainer.objectives.classification import ClassificationObjective
-    from pretrainer.transfer.finetune import evaluation_sample
+    from pretrainer.transfer.finetune import evaluation_sample, example_encoder, input_length
 
-    ft = cfg.finetune
-    examples = evaluation_sample(read_labeled(path, ft.data), ft.data.max_eval_examples)
-    dataset = encode_examples(examples, tokenizer, labels, ft.max_len)
-    metrics = ClassificationObjective(len(labels)).evaluate(model, iterate_once(dataset, ft.train.batch_size))
-    return {**metrics, "n_examples": len(dataset.labels)}
+    data = cfg.finetune.data
+    encode = example_encoder(recipe, tokenizer, input_length(recipe, model.backbone))
+    dataset = encode(evaluation_sample(read_labeled(path, data), data.max_eval_examples), labels)
+    batches = iterate_once(dataset, cfg.finetune.train.batch_size)
+    return {**ClassificationObjective(len(labels)).evaluate(model, batches), "n_examples": len(dataset.labels)}
 
 
-def _tagging_scorer(cfg: Config, model, tokenizer, labels: list[str], path: str) -> dict:
+def _score_tagging(model, tokenizer, labels: list[str], path: str, cfg: Config, recipe) -> dict:
     from pretrainer.data.conll import encode_sentences, iterate_tagging_once
     from pretrainer.objectives.token_classification import TokenClassificationObjective
     from pretrainer.transfer.ner import read_tagged_split
 
-    ft = cfg.finetune
-    dataset = encode_sentences(read_tagged_split(path, ft.data), tokenizer, labels, ft.max_len)
-    return TokenClassificationObjective(labels).evaluate(model, iterate_tagging_once(dataset, ft.train.batch_size),
-                                                         per_type=True)
+    dataset = encode_sentences(read_tagged_split(path, cfg.finetune.data), tokenizer, labels, recipe.max_len)
+    batches = iterate_tagging_once(dataset, cfg.finetune.train.batch_size)
+    return TokenClassificationObjective(labels).evaluate(model, batches, per_type=True)

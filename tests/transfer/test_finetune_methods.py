@@ -154,8 +154,10 @@ def test_each_method_fine_tunes_end_to_end(tiny_task, method):
         assert 0 < results["trainable_params"] < full
     if method == "cloze_zero_shot":
         assert results["steps"] == 0 and results["n_labels"] == 0 and results["trainable_params"] == 0
-    if method in ("full", "freeze", "llrd", "lora"):
-        model, _ = load_run(run_dir)  # a LoRA run is merged: it loads with no adapter code
+    if method in ("full", "freeze", "llrd", "lora", "probe"):
+        # A LoRA run is merged and a probe's standardisation folded into its head: both load
+        # as plain classifiers, with no adapter or probe code.
+        model, _ = load_run(run_dir)
         assert isinstance(model, SequenceClassifier)
         assert not any("lora" in n for n in model.state_dict())
     if method.startswith("cloze"):

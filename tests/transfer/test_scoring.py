@@ -65,6 +65,23 @@ def test_a_classifier_scores_as_it_did_after_fine_tuning(classifier_run):
     assert json.loads((tmp / "ft" / "evaluation.json").read_text()) == scored
 
 
+@pytest.mark.parametrize("method", ["probe", "lora", "soft_prompt", "cloze", "cloze_zero_shot"])
+def test_every_method_s_run_scores_as_it_did_after_fine_tuning(classifier_run, method):
+    # Each is rebuilt as its method used it: the probe's standardisation folded into a head,
+    # LoRA merged, the soft prompt around its init, cloze with its template, verbalizer and
+    # (zero-shot) calibration.
+    cfg, _, _, tmp = classifier_run
+    prompt = dataclasses.replace(cfg.finetune.prompt, verbalizer=["bad", "good"], soft_tokens=4)
+    run_cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, method=method, prompt=prompt,
+                                                                    dir=str(tmp / method)))
+    results = finetune(run_cfg, **QUIET)
+    # Scored with a config that knows nothing of the method: the run's own config.toml says it.
+    plain = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, dir=str(tmp / method)))
+    scored = evaluate_finetuned(plain, **QUIET)
+    assert scored["dev"]["accuracy"] == pytest.approx(results["dev"]["accuracy"])
+    assert scored["dev"]["macro_f1"] == pytest.approx(results["dev"]["macro_f1"])
+
+
 def test_a_file_with_one_label_is_scored_with_the_run_s_label_order(classifier_run):
     # Inferring the labels from a file holding only "1" would call it label 0 and score every
     # right answer as wrong; the run's own label names keep the outputs' meaning.
@@ -86,12 +103,10 @@ def test_bad_files_and_runs_get_one_line_errors(classifier_run):
     unknown = write_rows(tmp / "unknown.jsonl", rows[:3] + [{"text": "good", "label": "maybe"}])
     with pytest.raises(PretrainerError, match=r"unknown\.jsonl:4.*'maybe'"):
         evaluate_finetuned(with_files(cfg, test=unknown), **QUIET)
-    # A cloze run keeps the backbone with its MLM head, not a classifier.
-    cloze = dataclasses.replace(cfg.finetune, method="cloze_zero_shot", dir=str(tmp / "cloze"),
-                                prompt=dataclasses.replace(cfg.finetune.prompt, verbalizer=["bad", "good"]))
-    finetune(dataclasses.replace(cfg, finetune=cloze), **QUIET)
-    with pytest.raises(PretrainerError, match="no classification or tagging head"):
-        evaluate_finetuned(dataclasses.replace(cfg, finetune=cloze), **QUIET)
+    # A pre-training run has no task head, nor label names.
+    pretraining = dataclasses.replace(cfg.finetune, dir=cfg.finetune.init)
+    with pytest.raises(PretrainerError, match="no label names .* not a finished fine-tuning run"):
+        evaluate_finetuned(dataclasses.replace(cfg, finetune=pretraining), **QUIET)
 
 
 def test_the_cli_scores_a_tagger_on_an_overridden_test_file(tmp_path, capsys):
