@@ -26,6 +26,7 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
     tagging: entity-level precision / recall / F1 (per type too) and word accuracy."""
     from pretrainer.models.heads import TokenClassifier
     from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.training.precision import resolve_device, set_threads
     from pretrainer.transfer.finetune import run_directory
 
     data = cfg.finetune.data
@@ -38,7 +39,9 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
     if labels is None:
         raise PretrainerError(f"{run_dir}: no label names (results.json or imported_from.json): "
                               "not a finished fine-tuning run")
+    set_threads(cfg.impl)
     model, tokenizer, recipe = _rebuild(run_dir, labels, log)
+    model.to(resolve_device(cfg.impl))
     recipe = recipe or cfg.finetune  # an imported model brings no recipe: the given config's lengths
     results = {"run": str(run_dir), "labels": labels}
     for split, path in files.items():
