@@ -105,11 +105,17 @@ def load_splits(cfg: Config, tokenizer, max_len: int) -> LabeledSplits:
     train = encode(train_examples, label_names)
 
     def split(path):
-        return encode(evaluation_sample(read_labeled(path, ft.data), ft.data.max_eval_examples), label_names) \
-            if path else None
+        return encode_evaluation_file(path, ft.data, encode, label_names) if path else None
 
     return LabeledSplits(label_names=label_names, train=train, subset=label_subset(ft, train.labels, cfg.run.seed),
                          dev=split(ft.data.dev), test=split(ft.data.test))
+
+
+def encode_evaluation_file(path: str, data_cfg, encode: Callable, label_names: list[str]):
+    """A dev/test file read, sampled (`evaluation_sample`) and encoded with `example_encoder`'s `encode`."""
+    from pretrainer.data.readers import read_labeled
+
+    return encode(evaluation_sample(read_labeled(path, data_cfg), data_cfg.max_eval_examples), label_names)
 
 
 def input_length(ft, backbone: nn.Module) -> int:

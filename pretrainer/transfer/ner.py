@@ -40,8 +40,8 @@ def finetune_tokens(cfg: Config, resume: bool = False, log=print) -> dict:
     label_names = ft.data.labels or infer_tag_names(train_sentences)
     train_set = encode_sentences(train_sentences, tokenizer, label_names, ft.max_len)
     subset = sentence_subset(len(train_set), ft.label_fraction, ft.n_labels, seed=cfg.run.seed)
-    dev_set, test_set = (encode_sentences(read_tagged_split(path, ft.data), tokenizer, label_names, ft.max_len)
-                         if path else None for path in (ft.data.dev, ft.data.test))
+    dev_set, test_set = (encode_tagged_file(path, ft.data, tokenizer, label_names, ft.max_len) if path else None
+                         for path in (ft.data.dev, ft.data.test))
 
     model = build_tagger(ft, backbone, len(label_names))
     if model.crf is not None:
@@ -94,6 +94,13 @@ def build_tagger(ft, backbone: nn.Module, num_labels: int) -> nn.Module:
     tagger = TokenClassifier(backbone, num_labels, case_features=ft.case_features, crf=ft.crf,
                              crf_lr=ft.crf_lr, **head_kwargs(ft))
     return restrict_trainable(tagger, ft)
+
+
+def encode_tagged_file(path: str, data_cfg, tokenizer, label_names: list[str], max_len: int):
+    """A CoNLL dev/test file read and encoded for a tagger with these labels."""
+    from pretrainer.data.conll import encode_sentences
+
+    return encode_sentences(read_tagged_split(path, data_cfg), tokenizer, label_names, max_len)
 
 
 def read_tagged_split(path: str, data_cfg):

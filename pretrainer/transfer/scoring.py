@@ -65,10 +65,11 @@ def _rebuild(run_dir: Path, labels: list[str], log):
     from pretrainer.models.heads import SequenceClassifier, TokenClassifier
     from pretrainer.transfer.finetune import CLOZE_METHODS, build_classifier, calibrate_zero_shot
 
-    recipe = load_config(run_dir / "config.toml").finetune if (run_dir / "config.toml").is_file() else None
+    run_cfg = load_config(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else None
+    recipe = run_cfg.finetune if run_cfg else None
     method = recipe.method if recipe else "full"
     if method == "soft_prompt":
-        model, tokenizer = _soft_prompt_model(load_config(run_dir / "config.toml"), run_dir, labels)
+        model, tokenizer = _soft_prompt_model(run_cfg, run_dir, labels)
     else:
         model, tokenizer = load_run(run_dir)
         if method in CLOZE_METHODS:  # saved as the encoder with its MLM head
@@ -103,22 +104,20 @@ def _soft_prompt_model(recipe: Config, run_dir: Path, labels: list[str]):
 
 def _score_classification(model, tokenizer, labels: list[str], path: str, cfg: Config, recipe) -> dict:
     from pretrainer.data.labeled import iterate_once
-    from pretrainer.data.readers import read_labeled
     from pretrainer.objectives.classification import ClassificationObjective
-    from pretrainer.transfer.finetune import evaluation_sample, example_encoder, input_length
+    from pretrainer.transfer.finetune import encode_evaluation_file, example_encoder, input_length
 
-    data = cfg.finetune.data
     encode = example_encoder(recipe, tokenizer, input_length(recipe, model.backbone))
-    dataset = encode(evaluation_sample(read_labeled(path, data), data.max_eval_examples), labels)
+    dataset = encode_evaluation_file(path, cfg.finetune.data, encode, labels)
     batches = iterate_once(dataset, cfg.finetune.train.batch_size)
     return {**ClassificationObjective(len(labels)).evaluate(model, batches), "n_examples": len(dataset.labels)}
 
 
 def _score_tagging(model, tokenizer, labels: list[str], path: str, cfg: Config, recipe) -> dict:
-    from pretrainer.data.conll import encode_sentences, iterate_tagging_once
+    from pretrainer.data.conll import iterate_tagging_once
     from pretrainer.objectives.token_classification import TokenClassificationObjective
-    from pretrainer.transfer.ner import read_tagged_split
+    from pretrainer.transfer.ner import encode_tagged_file
 
-    dataset = encode_sentences(read_tagged_split(path, cfg.finetune.data), tokenizer, labels, recipe.max_len)
+    dataset = encode_tagged_file(path, cfg.finetune.data, tokenizer, labels, recipe.max_len)
     batches = iterate_tagging_once(dataset, cfg.finetune.train.batch_size)
     return TokenClassificationObjective(labels).evaluate(model, batches, per_type=True)
