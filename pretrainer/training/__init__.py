@@ -1,8 +1,8 @@
 """Training: the loop, optimizer, schedule, checkpoints, logging, precision."""
 
-from pretrainer.training.checkpoint import (Checkpoint, atomic_write_bytes, atomic_write_text,
-                                            load_checkpoint, load_latest_checkpoint, load_weights,
-                                            restore, save_checkpoint, save_weights, unwrap)
+from pretrainer.io import atomic_write_bytes, atomic_write_text, load_weights, save_weights, unwrap
+from pretrainer.training.checkpoint import (Checkpoint, load_checkpoint, load_latest_checkpoint, restore,
+                                            save_checkpoint)
 from pretrainer.training.loop import FitResult, fit, is_main_process, train_step
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.precision import (autocast, grad_scaler, resolve_device, set_determinism,

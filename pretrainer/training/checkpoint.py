@@ -25,180 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from pretrainer.errors import PretrainerError
+from pretrainer.io import (TIED_KEY, atomic_write_text, fsync_file, fsync_path, load_model_state, model_tensors,
+                          read_model_state, read_safetensors, write_safetensors)
 
 FORMAT = "pretrainer-checkpoint/1"
-_TIED_KEY = "pretrainer.tied"  # safetensors metadata: JSON {dropped name: stored name}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / DataParallel / torch.compile / `distributed.ObjectiveStep` wrappers."""
-    while True:
-        if (isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-                or getattr(model, "is_module_wrapper", False)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-def fsync_path(path: Path) -> None:
-    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-# ---------------------------------------------------------------- model weights
-
-
-def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DDP's leading `module.` and torch.compile's `_orig_mod.` from foreign state dicts."""
-    out = {".".join(p for p in k.split(".") if p != "_orig_mod"): v for k, v in state.items()}
-    while out and all(k.startswith("module.") for k in out):
-        out = {k[len("module."):]: v for k, v in out.items()}
-    return out
-
-
-def _model_tensors(model: nn.Module | dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The unwrapped model's state dict (or the given one) with each shared tensor once.
-
-    safetensors refuses tensors that share memory, so a tied weight (e.g. the LM head
-    reusing the embedding matrix) is stored under its first name and the other names are
-    returned as aliases. A tensor that is a different view of shared memory is copied.
-    """
-    state = _strip_wrapper_prefixes(model if isinstance(model, dict) else unwrap(model).state_dict())
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first_by_identity: dict[tuple, str] = {}
-    seen_storages: set[tuple] = set()
-    for name, t in state.items():
-        if not torch.is_tensor(t):
-            continue
-        t = t.detach()
-        if t.numel() == 0:
-            tensors[name] = t.clone()
-            continue
-        storage = (t.device, t.untyped_storage().data_ptr())
-        identity = (storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if identity in first_by_identity:
-            aliases[name] = first_by_identity[identity]
-            continue
-        first_by_identity[identity] = name
-        shares_memory = storage in seen_storages
-        seen_storages.add(storage)
-        tensors[name] = t.clone() if shares_memory else t.contiguous()
-    return tensors, aliases
-
-
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_file(tensors, str(path), metadata=metadata)
-    _fsync_file(path)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (on CPU) and the metadata of a safetensors file; errors name the file."""
-    if not path.is_file():
-        raise PretrainerError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a bad header
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise PretrainerError(f"{path}: not a readable safetensors file ({reason})") from None
-    return tensors, metadata
-
-
-def _read_model_state(path: Path) -> dict[str, torch.Tensor]:
-    tensors, metadata = _read_safetensors(path)
-    try:
-        aliases = json.loads(metadata.get(_TIED_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise PretrainerError(f"{path}: corrupt tied-weight metadata") from None
-    for alias, stored in aliases.items():
-        if stored not in tensors:
-            raise PretrainerError(f"{path}: tied weight {alias!r} refers to missing {stored!r}")
-        tensors[alias] = tensors[stored]
-    return _strip_wrapper_prefixes(tensors)
-
-
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool):
-    try:
-        return unwrap(model).load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        # torch lists every mismatch over many lines; the first few are enough to act on.
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise PretrainerError(f"{path}: weights do not fit this model: {detail[:300]}") from None
-
-
-def save_weights(model: nn.Module | dict, path: str | os.PathLike) -> None:
-    """Write the unwrapped model's weights (or a full state dict) to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors, aliases = _model_tensors(model)
-    tmp = _tmp_name(path)
-    try:
-        _save_safetensors(tmp, tensors, {"format": "pt", _TIED_KEY: json.dumps(aliases)})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
-    """Load a weight file written by `save_weights` (tied weights are re-tied).
-
-    Returns torch's (missing_keys, unexpected_keys); with `strict` a mismatch is an error.
-    """
-    path = Path(path)
-    return _load_model_state(model, _read_model_state(path), path, strict)
 
 
 # ---------------------------------------------------------------- JSON with tensors
@@ -320,8 +153,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir()
     try:
-        tensors, aliases = _model_tensors(model)
-        _save_safetensors(tmp / "model.safetensors", tensors, {"format": "pt", _TIED_KEY: json.dumps(aliases)})
+        tensors, aliases = model_tensors(model)
+        write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt", TIED_KEY: json.dumps(aliases)})
 
         state_tensors, rng_json = rng_state()
         opt = (optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
@@ -334,14 +167,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
                 else:
                     scalars[f"{idx}.{key}"] = value
         extra = _encode(extra_state or {}, state_tensors, "extra_state")
-        _save_safetensors(tmp / "optimizer.safetensors", state_tensors, {"format": "pt"})
+        write_safetensors(tmp / "optimizer.safetensors", state_tensors, {"format": "pt"})
 
         state = {"format": FORMAT, "step": int(step),
                  "optimizer": {"param_groups": _encode(opt["param_groups"], {}, "param_groups"),
                                "scalars": _encode(scalars, {}, "optimizer state")},
                  "rng": rng_json, "extra": extra}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        _fsync_file(tmp / "state.json")
+        fsync_file(tmp / "state.json")
         fsync_path(tmp)
 
         final = ckpt_dir / name
@@ -371,8 +204,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise PretrainerError(f"{state_path}: file not found") from None
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise PretrainerError(f"{state_path}: corrupt checkpoint state ({e})") from None
-    model_state = _read_model_state(path / "model.safetensors")
-    tensors, _ = _read_safetensors(path / "optimizer.safetensors")
+    model_state = read_model_state(path / "model.safetensors")
+    tensors, _ = read_safetensors(path / "optimizer.safetensors")
 
     try:
         opt_state: dict[int, dict] = {}
@@ -420,7 +253,7 @@ def restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Opt
 
     The caller restores what lives in `extra_state` (schedule, data loader position) itself.
     """
-    _load_model_state(model, checkpoint.model_state, checkpoint.path / "model.safetensors", strict=True)
+    load_model_state(model, checkpoint.model_state, checkpoint.path / "model.safetensors", strict=True)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(checkpoint.optimizer_state)

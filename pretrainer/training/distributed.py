@@ -47,7 +47,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pretrainer.errors import PretrainerError
-from pretrainer.training.checkpoint import Checkpoint, restore, set_rng_state, unwrap
+from pretrainer.io import unwrap
+from pretrainer.training.checkpoint import Checkpoint, restore, set_rng_state
 from pretrainer.training.precision import resolve_device
 
 PARALLEL_KINDS = ("ddp", "fsdp")

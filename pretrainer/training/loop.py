@@ -20,7 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrainer.errors import PretrainerError
-from pretrainer.training.checkpoint import load_latest_checkpoint, save_checkpoint, save_weights, unwrap
+from pretrainer.io import save_weights, unwrap
+from pretrainer.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from pretrainer.training.distributed import (barrier, call_objective, full_state, full_tensor,
                                              give_ranks_own_rng_streams, init_distributed, mean_over_ranks,
                                              parallelize, rank0_says, restore_checkpoint, share_lrs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrainer.training.checkpoint import unwrap
+from pretrainer.io import unwrap
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -56,7 +56,7 @@ def label_amount(fraction: float) -> dict:
 def curve(cfg: Config, log=print) -> list[dict]:
     """Runs every (start, fraction, seed); returns the summary rows (mean ± std over seeds)."""
     from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
-    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.io import atomic_write_text
     from pretrainer.transfer.finetune import finetune
 
     out = Path(cfg.curve.dir or Path(cfg.run.dir) / "curve")

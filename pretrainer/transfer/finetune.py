@@ -196,7 +196,7 @@ def _train_classifier(cfg: Config, backbone, tokenizer, splits: LabeledSplits, s
                       log) -> dict:
     from pretrainer.data.labeled import ClassificationLoader, iterate_once
     from pretrainer.objectives.classification import ClassificationObjective
-    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.io import atomic_write_text
     from pretrainer.transfer.methods import count_parameters
 
     ft = cfg.finetune
@@ -279,7 +279,7 @@ class BestWeights:
 
     def wrap(self, eval_fn):
         def evaluate_and_track(model):
-            from pretrainer.training.checkpoint import unwrap
+            from pretrainer.io import unwrap
 
             results = eval_fn(model)
             self.evaluations += 1
@@ -312,7 +312,7 @@ def _save_transferable(model: nn.Module, run_dir: Path) -> None:
     run keeps only the trained weights.
     """
     from pretrainer.models import model_config_dict
-    from pretrainer.training.checkpoint import atomic_write_text, save_weights
+    from pretrainer.io import atomic_write_text, save_weights
 
     if any(type(m).__name__ == "LoraLinear" for m in model.modules()):
         from pretrainer.transfer.lora import merge_lora
@@ -331,7 +331,7 @@ def _load_backbone(cfg: Config, log):
     """The backbone and tokenizer to fine-tune, and a short description of where they came from."""
     from pretrainer.data.tokenizer import load_tokenizer
     from pretrainer.models import build_model
-    from pretrainer.models.hf import load_pretrained
+    from pretrainer.interop.hf_import import load_pretrained
 
     ft = cfg.finetune
     if ft.init:

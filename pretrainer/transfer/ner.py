@@ -22,7 +22,7 @@ def finetune_tokens(cfg: Config, resume: bool = False, log=print) -> dict:
     from pretrainer.data.conll import (TaggingLoader, encode_sentences, infer_tag_names,
                                        iterate_tagging_once, sentence_subset)
     from pretrainer.objectives.token_classification import TokenClassificationObjective
-    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.io import atomic_write_text
     from pretrainer.training.precision import set_determinism, set_threads
     from pretrainer.transfer.methods import count_parameters
 

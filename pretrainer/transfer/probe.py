@@ -27,7 +27,7 @@ def linear_probe(cfg: Config, backbone: nn.Module, tokenizer, splits, source: st
     SequenceClassifier whose head has the feature standardisation folded in, so a probe run
     loads, evaluates and exports like any fine-tuned classifier."""
     from pretrainer.evaluation.metrics import accuracy, macro_f1
-    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.io import atomic_write_text
     from pretrainer.transfer.finetune import _save_transferable, run_directory
 
     ft = cfg.finetune
@@ -148,7 +148,7 @@ def cached_features(backbone: nn.Module, dataset, pooling: str, batch_size: int,
     """`pooled_features`, read from `cache_dir` when these weights have seen these ids before."""
     from safetensors.torch import load_file
 
-    from pretrainer.training.checkpoint import save_weights
+    from pretrainer.io import save_weights
 
     path = cache_dir / f"{features_key(backbone, dataset, pooling)}.safetensors"
     if path.is_file():

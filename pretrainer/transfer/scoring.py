@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrainer.api import run_label_names
+from pretrainer.runs import run_label_names
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
 
@@ -25,7 +25,7 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
     also written to `<finetune.dir>/evaluation.json`. Classification: accuracy and macro-F1;
     tagging: entity-level precision / recall / F1 (per type too) and word accuracy."""
     from pretrainer.models.heads import TokenClassifier
-    from pretrainer.training.checkpoint import atomic_write_text
+    from pretrainer.io import atomic_write_text
     from pretrainer.training.precision import resolve_device, set_threads
     from pretrainer.transfer.finetune import run_directory
 
@@ -60,7 +60,7 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
 
 def _rebuild(run_dir: Path, labels: list[str], log):
     """(model in eval mode, tokenizer, the run's [finetune] section or None for an imported model)."""
-    from pretrainer.api import load_run
+    from pretrainer.runs import load_run
     from pretrainer.config import load_config
     from pretrainer.models.heads import SequenceClassifier, TokenClassifier
     from pretrainer.transfer.finetune import CLOZE_METHODS, build_classifier, calibrate_zero_shot
@@ -89,7 +89,7 @@ def _soft_prompt_model(recipe: Config, run_dir: Path, labels: list[str]):
     """A soft-prompt run keeps its whole classifier's weights but no model.json: rebuild the
     classifier around its init's architecture (finetune.init must still exist), then load them."""
     from pretrainer.data.tokenizer import load_tokenizer
-    from pretrainer.training.checkpoint import load_weights
+    from pretrainer.io import load_weights
     from pretrainer.transfer.finetune import _load_backbone, build_classifier
 
     weights = run_dir / "model.safetensors"

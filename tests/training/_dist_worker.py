@@ -26,7 +26,7 @@ from pretrainer.config import ImplConfig, ObjectiveConfig  # noqa: E402
 from pretrainer.data.loader import EpochSampler  # noqa: E402
 from pretrainer.models.encoder import BertConfig, BertModel  # noqa: E402
 from pretrainer.registry import OBJECTIVES  # noqa: E402
-from pretrainer.training.checkpoint import unwrap  # noqa: E402
+from pretrainer.io import unwrap  # noqa: E402
 from pretrainer.training.distributed import (call_objective, full_tensor, give_ranks_own_rng_streams,  # noqa: E402
                                              init_distributed, parallelize, shutdown_distributed)
 

@@ -7,8 +7,8 @@ from safetensors import safe_open
 
 from pretrainer.errors import PretrainerError
 from pretrainer.training import checkpoint as ckpt_mod
-from pretrainer.training.checkpoint import (atomic_write_text, load_checkpoint, load_latest_checkpoint,
-                                            load_weights, restore, save_checkpoint, save_weights, unwrap)
+from pretrainer.io import atomic_write_text, load_weights, save_weights, unwrap
+from pretrainer.training.checkpoint import load_checkpoint, load_latest_checkpoint, restore, save_checkpoint
 from pretrainer.training.optim import build_optimizer
 from training_toys import ToyLoader, ToyModel, ToyObjective, train_config
 
@@ -76,7 +76,7 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 1, model, opt, {"n": 1})
 
     calls = []
-    real = ckpt_mod._save_safetensors
+    real = ckpt_mod.write_safetensors
 
     def dies_on_second_file(path, tensors, metadata):
         calls.append(path)
@@ -84,7 +84,7 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(ckpt_mod, "_save_safetensors", dies_on_second_file)
+    monkeypatch.setattr(ckpt_mod, "write_safetensors", dies_on_second_file)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(tmp_path, 2, model, opt, {"n": 2})
     monkeypatch.undo()

@@ -16,8 +16,10 @@ from tokenizers import Tokenizer, processors
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
-from pretrainer.models.hf_layout import (FAMILIES_BY_NAME, OBJECTIVE_PARTS, HFFamily, hf_names, read_json,
-                                         write_folder_atomically)
+from pretrainer.data.tokenizer import CLS, ENDOFTEXT, MASK, PAD, SEP, UNK
+from pretrainer.interop.hf_layout import FAMILIES_BY_NAME, OBJECTIVE_PARTS, HFFamily, hf_names
+from pretrainer.io import read_json, write_folder_atomically
+from pretrainer.runs import load_run, run_label_names
 
 # ---------------------------------------------------------------- export
 
@@ -45,8 +47,6 @@ def _tokens_by_id(vocab: dict[str, int], source: str) -> list[str]:
 def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt (WordPiece) or
     vocab.json + merges.txt (byte-level BPE), as `transformers.AutoTokenizer` expects them."""
-    from pretrainer.data.tokenizer import CLS, ENDOFTEXT, MASK, PAD, SEP, UNK
-
     tok = Tokenizer.from_str(tokenizer.tokenizer.to_str())
     spec = json.loads(tok.to_str())
     files = {}
@@ -179,8 +179,6 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
     for an imported run the parts the source checkpoint had (MiniLM: BertModel). Untrained heads
     are left out rather than shipped as random weights. Label names come from results.json or imported_from.json.
     """
-    from pretrainer.api import load_run, run_label_names
-
     run_dir = Path(run_dir)
     model, tokenizer = load_run(run_dir)
     family = FAMILIES_BY_NAME.get(model.config.name)

