@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-dist test-extra test-all install clean
+.PHONY: demo lint test test-dist test-extra test-all install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pretrainer demo
 
-test: $(STAMP)
+# The layer contract (.importlinter) is checked before the tests: a wrong-way import fails fast.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 # Multi-process torch.distributed tests (gloo, 2 processes on the CPU).

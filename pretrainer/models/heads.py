@@ -6,7 +6,12 @@ import torch
 import torch.nn as nn
 
 from pretrainer.errors import PretrainerError
+from pretrainer.models.crf import LinearChainCRF
 from pretrainer.models.layers import decay_groups, layer_decay_groups
+
+# Rows of the case-feature table: one per word shape the data side tells apart
+# (data/conll.WORD_SHAPES; models and data do not import each other, a test keeps them equal).
+N_WORD_SHAPES = 6
 
 
 def word_embedding_table(backbone: nn.Module, feature: str) -> nn.Embedding:
@@ -101,15 +106,11 @@ class TokenClassifier(_BackboneHead):
         super().__init__(backbone, num_labels, dropout, layer_decay)
         self.case_embeddings = None
         if case_features:
-            from pretrainer.data.conll import WORD_SHAPES
-
             words = word_embedding_table(backbone, "case features (finetune.case_features)")
-            self.case_embeddings = nn.Embedding(len(WORD_SHAPES), backbone.d_model).to(words.weight.device)
+            self.case_embeddings = nn.Embedding(N_WORD_SHAPES, backbone.d_model).to(words.weight.device)
             nn.init.zeros_(self.case_embeddings.weight)
         self.crf = None
         if crf:
-            from pretrainer.models.crf import LinearChainCRF
-
             self.crf = LinearChainCRF(num_labels).to(next(backbone.parameters()).device)
         self.crf_lr = crf_lr
 

@@ -105,3 +105,10 @@ def test_tagger_objective_runs_the_crf_over_first_sub_tokens_only():
     torch.testing.assert_close(loss, expected.sum())
     path = Tagger.crf.decode(words, mask)
     assert predicted[0, [1, 3, 4]].tolist() == path[0].tolist() and predicted[1, 2] == path[1, 0]
+
+
+def test_case_feature_table_has_a_row_per_word_shape():
+    from pretrainer.data.conll import WORD_SHAPES
+    from pretrainer.models.heads import N_WORD_SHAPES
+
+    assert N_WORD_SHAPES == len(WORD_SHAPES)
