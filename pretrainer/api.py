@@ -13,6 +13,7 @@ import torch
 
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
+from pretrainer.objectives.heads import adopt_heads
 from pretrainer.runs import load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
 
 
@@ -67,7 +68,6 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         from pretrainer.interop.hf_import import load_pretrained
 
         init_model, _, source = load_pretrained(cfg.run.init)
-        init_model = getattr(init_model, "backbone", init_model)
         if not cfg.tokenizer.path:
             cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(
                 cfg.tokenizer, path=str(_init_tokenizer_file(cfg.run.init))))
@@ -81,8 +81,14 @@ def _pretrain(cfg: Config, resume: bool, log, info):
 
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
     torch.manual_seed(cfg.run.seed)
-    model = init_model if init_model is not None else build_model(cfg.model, tokenizer.vocab_size)
-    _check_fits(cfg, model)
+    backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
+                else build_model(cfg.model, tokenizer.vocab_size))
+    model = objective.build(backbone)  # the backbone with the heads this objective trains
+    if init_model is not None:
+        fresh = adopt_heads(model, init_model)
+        if fresh:
+            log(f"initialised {', '.join(fresh)} (not in {source})")
+    _check_fits(cfg, objective, model)
 
     if info.is_main:
         write_run_header(run_dir, cfg, model, tokenizer)
@@ -105,9 +111,9 @@ def _pretrain(cfg: Config, resume: bool, log, info):
                resume=resume, log=log)
 
 
-def _check_fits(cfg: Config, model) -> None:
+def _check_fits(cfg: Config, objective, model) -> None:
     max_len = getattr(model.config, "max_len", None)
-    needed = cfg.train.seq_len + (1 if cfg.objective.name == "clm" else 0)
+    needed = cfg.train.seq_len + objective.extra_positions
     if max_len is not None and needed > max_len:
         raise PretrainerError(f"train.seq_len = {cfg.train.seq_len} is longer than model.max_len = {max_len}")
 
@@ -144,6 +150,7 @@ def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, t
              seed: int = 0) -> list[str]:
     """Continue `prompt` with a causal-LM run; returns `num_samples` texts."""
     model, tokenizer = load_run(run_dir)
+    model = getattr(model, "backbone", model)
     if not hasattr(model, "generate"):
         raise PretrainerError(f"{run_dir}: model {model.config.name!r} cannot generate text "
                               f"(generation needs a causal-LM run, e.g. model.name = \"gpt\")")

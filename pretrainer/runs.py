@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from pretrainer.config import Config, save_config
 from pretrainer.data.tokenizer import load_tokenizer
 from pretrainer.errors import PretrainerError
-from pretrainer.io import atomic_write_text, load_weights, read_json
+from pretrainer.io import atomic_write_text, load_model_state, read_json, read_model_state
 from pretrainer.models import model_config_dict, model_from_config_dict
+from pretrainer.objectives.heads import HEADS, PretrainingModel, nest_backbone_keys, pretraining_model
 
 
 def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, tokenizer) -> None:
@@ -30,22 +32,51 @@ def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg is not None:
         save_config(cfg, run_dir / "config.toml")
-    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+    atomic_write_text(run_dir / "model.json", json.dumps(module_spec(model), indent=2))
     tokenizer.save(run_dir)
 
 
+def module_spec(module: nn.Module) -> dict:
+    """What model.json holds: the architecture, a classifier's or tagger's head, and the names
+    of the pre-training heads around the backbone (`"heads": ["mlm_head"]`)."""
+    if isinstance(module, PretrainingModel):
+        return {**model_config_dict(module.backbone), "heads": module.head_names}
+    return model_config_dict(module)
+
+
+def module_from_spec(spec: dict) -> nn.Module:
+    """Inverse of `module_spec`: a freshly initialised module of that shape."""
+    model = model_from_config_dict(spec)
+    return pretraining_model(model, spec["heads"]) if "heads" in spec else model
+
+
+def upgrade_saved_run(spec: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Runs written before the pre-training heads moved out of the backbone kept them inside
+    it: a pre-training run's keys were flat (`embeddings.*`, `mlm_head.*`), a fine-tuned
+    classifier's backbone carried `backbone.mlm_head.*`. Both load as today's modules."""
+    pretrained_heads = tuple(f"backbone.{name}." for name in HEADS)
+    if "classifier" in spec or "tagger" in spec:
+        return spec, {k: v for k, v in state.items() if not k.startswith(pretrained_heads)}
+    if "heads" in spec or any(k.startswith("backbone.") for k in state):
+        return spec, state
+    heads = [name for name in HEADS if any(k.startswith(name + ".") for k in state)]
+    return {**spec, "heads": heads}, nest_backbone_keys(state, heads)
+
+
 def load_run(run_dir: str | Path):
-    """(model, tokenizer) from a run directory: architecture from model.json, weights from model.safetensors."""
+    """(module, tokenizer) from a run directory: the shape from model.json, weights from
+    model.safetensors. A pre-training run gives its `PretrainingModel` (backbone + heads)."""
     run_dir = Path(run_dir)
     spec_path = run_dir / "model.json"
     if not spec_path.is_file():
         raise PretrainerError(f"{run_dir}: not a run directory (no model.json)")
-    model = model_from_config_dict(json.loads(spec_path.read_text()))
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise PretrainerError(f"{run_dir}: no model.safetensors yet (is the run finished? "
                               f"resume it with --resume)")
-    load_weights(model, weights)
+    spec, state = upgrade_saved_run(read_json(spec_path), read_model_state(weights))
+    model = module_from_spec(spec)
+    load_model_state(model, state, weights, strict=True)
     return model, load_tokenizer(run_dir)
 
 

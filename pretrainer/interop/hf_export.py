@@ -5,6 +5,7 @@ that `transformers`' Auto classes load offline. transformers itself is never imp
 from __future__ import annotations
 
 import json
+import tomllib
 import os
 import tempfile
 from pathlib import Path
@@ -190,8 +191,6 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
 
 def _trained_parts(run_dir: Path, family: HFFamily) -> frozenset | None:
     """The parts of the run's model that hold trained weights, or None when that is unknown."""
-    import tomllib
-
     if (run_dir / "config.toml").is_file():
         try:
             objective = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))["objective"]["name"]

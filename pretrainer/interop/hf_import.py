@@ -27,8 +27,8 @@ from pretrainer.data.sources import minilm_dir
 from pretrainer.data.tokenizer import ENDOFTEXT, TextTokenizer, load_tokenizer
 from pretrainer.interop.hf_layout import FAMILIES, IMPORT_FORMAT, hf_names
 from pretrainer.io import read_json, save_weights, sha256_of_files, write_folder_atomically
-from pretrainer.models import model_config_dict
-from pretrainer.runs import load_run
+from pretrainer.runs import load_run, module_spec
+from pretrainer.objectives.heads import pretraining_model
 from pretrainer.registry import MODELS
 
 # ---------------------------------------------------------------- reading a Hugging Face folder
@@ -144,6 +144,8 @@ def import_hf(hf_dir: str | os.PathLike):
         torch.manual_seed(0)  # fresh heads are the same on every import
         model: nn.Module = MODELS.get(family.our_name)(cfg)
         labels = None
+        if head is None:  # a backbone with the pre-training heads its family has (BertForPreTraining's)
+            model = pretraining_model(model, family.pretraining_heads)
         if head is not None:
             n_labels = state["classifier.weight"].shape[0]
             id2label = hf_cfg.get("id2label") or {}
@@ -197,7 +199,7 @@ def import_to_run_dir(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, ove
     record = {"format": IMPORT_FORMAT, **info, "sha256": sha256_of_files([Path(hf_dir) / f for f in info["weights"]])}
 
     def write(folder: Path) -> None:
-        (folder / "model.json").write_text(json.dumps(model_config_dict(model), indent=2), encoding="utf-8")
+        (folder / "model.json").write_text(json.dumps(module_spec(model), indent=2), encoding="utf-8")
         save_weights(model, folder / "model.safetensors")
         tokenizer.save(folder)
         (folder / "imported_from.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

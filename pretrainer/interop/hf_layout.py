@@ -245,6 +245,7 @@ class HFFamily:
     classifier_architecture: str | None  # for a SequenceClassifier
     tagger_architecture: str | None  # for a TokenClassifier
     fresh_parts: dict[str, str]  # parts that may be missing on import -> how they are initialised
+    pretraining_heads: tuple[str, ...] = ()  # objectives/heads.py heads an imported backbone is wrapped with
 
     def head_architecture(self, head: str) -> str | None:
         """The Hugging Face class for a "classifier" or a "tagger" of this family, if it has one."""
@@ -264,7 +265,8 @@ BERT = HFFamily(
     fresh_parts={"mlm": "MLM head: transform dense N(0, init_std) and LayerNorm identity (fresh), "
                         "decoder tied to the word embeddings, bias zero",
                  "nsp": "NSP head: N(0, init_std) weights, zero bias",
-                 "pooler": "pooler: N(0, init_std) weights, zero bias"})
+                 "pooler": "pooler: N(0, init_std) weights, zero bias"},
+    pretraining_heads=("mlm_head", "nsp_head"))
 
 GPT2 = HFFamily(
     model_type="gpt2", our_name="gpt", base_prefix="transformer.", base_architecture="GPT2Model",

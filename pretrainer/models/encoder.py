@@ -1,14 +1,17 @@
-"""BERT: a bidirectional Transformer encoder with MLM, NSP and pooler heads.
+"""BERT: a bidirectional Transformer encoder with its [CLS] pooler.
 
-The module tree mirrors Hugging Face `BertForPreTraining` so its checkpoints map 1:1:
+The pre-training heads (MLM, NSP) live with their objectives (objectives/heads.py), which
+wrap this backbone as `PretrainingModel`; the names below are the wrapper's, with
+`backbone.` dropped. The module tree mirrors Hugging Face `BertForPreTraining` so its
+checkpoints map 1:1:
   embeddings.{word,position,token_type}_embeddings, embeddings.ln   <- bert.embeddings.*
   blocks.i.attn.qkv = cat(query, key, value)                        <- bert.encoder.layer.i.attention.self.*
   blocks.i.attn.proj, blocks.i.ln_1                                 <- attention.output.{dense,LayerNorm}
   blocks.i.mlp.fc, blocks.i.mlp.proj, blocks.i.ln_2                 <- intermediate.dense, output.{dense,LayerNorm}
   pooler                                                            <- bert.pooler.dense
-  mlm_head.dense, mlm_head.ln, mlm_head.bias                        <- cls.predictions.{transform.dense,
+  mlm_head.dense, mlm_head.ln, mlm_head.bias  (objective's)          <- cls.predictions.{transform.dense,
                                                                        transform.LayerNorm, bias}
-  nsp_head                                                          <- cls.seq_relationship
+  nsp_head  (objective's)                                           <- cls.seq_relationship
 The MLM decoder matrix is the word embedding itself (cls.predictions.decoder.weight is tied).
 """
 
@@ -19,10 +22,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig, _field
-from pretrainer.models.layers import ACTIVATIONS, Block, activation_fn, decay_groups, init_weights, masked_mean
+from pretrainer.models.layers import ACTIVATIONS, Block, decay_groups, init_weights, masked_mean
 from pretrainer.registry import MODELS
 
 
@@ -66,23 +68,6 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.ln(x))
 
 
-class MLMHead(nn.Module):
-    """dense + activation + LayerNorm; the vocabulary projection reuses the word embedding."""
-
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.act = activation_fn(cfg.activation)
-        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-
-    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.act(self.dense(hidden)))
-
-    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden), embedding, self.bias)
-
-
 @MODELS.register("bert")
 class BertModel(nn.Module):
     config_class = BertConfig
@@ -102,9 +87,7 @@ class BertModel(nn.Module):
             for _ in range(config.n_layers))
         # Pre-LN stacks need a final norm; post-LN blocks already end in one.
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
-        self.pooler = nn.Linear(config.d_model, config.d_model)
-        self.mlm_head = MLMHead(config)
-        self.nsp_head = nn.Linear(config.d_model, 2)
+        self.pooler = nn.Linear(config.d_model, config.d_model)  # trained by NSP/SOP, or by a classifier
         init_weights(self, config.init_std)
 
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
@@ -138,19 +121,6 @@ class BertModel(nn.Module):
         if pooling == "mean":
             return masked_mean(hidden, attention_mask)
         raise ValueError(f"unknown pooling {pooling!r} for bert; choose cls or mean")
-
-    def lm_projection(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(features, weight, bias) with logits = features @ weight.T + bias, for losses that
-        project onto the vocabulary themselves (see objectives/linear_ce.py)."""
-        return self.mlm_head.transform(hidden), self.embeddings.word_embeddings.weight, self.mlm_head.bias
-
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., C) -> (..., V); MLM gathers the masked positions first, e.g. (N, C)."""
-        return self.mlm_head(hidden, self.embeddings.word_embeddings.weight)
-
-    def nsp_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, C) -> (B, 2); class 0 = B follows A, 1 = B is random."""
-        return self.nsp_head(pooled)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return decay_groups(self, weight_decay)

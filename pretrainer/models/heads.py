@@ -24,6 +24,14 @@ def word_embedding_table(backbone: nn.Module, feature: str) -> nn.Embedding:
     return words
 
 
+def freeze_pooler(backbone: nn.Module) -> None:
+    """A head that never reads the [CLS] pooler freezes it: every parameter left trainable then
+    gets a gradient each step, which DDP without find_unused_parameters requires."""
+    pooler = getattr(backbone, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
+
+
 class WrapsBackbone(nn.Module):
     """A module built around `self.backbone`: it shows the backbone's config and width, and
     places its own parameters above the backbone's top layer for layer-wise rules."""
@@ -79,6 +87,8 @@ class SequenceClassifier(_BackboneHead):
                  layer_decay: float | None = None):
         super().__init__(backbone, num_labels, dropout, layer_decay)
         self.pooling = pooling
+        if pooling != "cls":
+            freeze_pooler(backbone)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = batch.get("attention_mask")
@@ -104,6 +114,7 @@ class TokenClassifier(_BackboneHead):
                  layer_decay: float | None = None, case_features: bool = False, crf: bool = False,
                  crf_lr: float | None = None):
         super().__init__(backbone, num_labels, dropout, layer_decay)
+        freeze_pooler(backbone)
         self.case_embeddings = None
         if case_features:
             words = word_embedding_table(backbone, "case features (finetune.case_features)")

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX
+from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.objectives.linear_ce import linear_cross_entropy
 from pretrainer.objectives.mlm import evaluation_batches, perplexity
 from pretrainer.registry import OBJECTIVES
@@ -17,9 +18,14 @@ from pretrainer.registry import OBJECTIVES
 @OBJECTIVES.register("clm")
 class CausalLM:
     batch_kind = "clm"
+    extra_positions = 1  # the batch holds seq_len + 1 tokens: inputs and shifted targets
 
     def __init__(self, cfg: ObjectiveConfig, tokenizer=None):
         self.cfg = cfg  # nothing in ObjectiveConfig applies; kept for a uniform constructor
+
+    def build(self, backbone: nn.Module) -> PretrainingModel:
+        """A decoder carries its own (tied) LM head, which generation needs too: no heads to add."""
+        return PretrainingModel(backbone, {})
 
     @staticmethod
     def mean_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:

@@ -11,6 +11,8 @@ import torch.nn as nn
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX, mask_tokens
 from pretrainer.errors import PretrainerError
+from pretrainer.models.heads import freeze_pooler
+from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
 from pretrainer.objectives.linear_ce import linear_cross_entropy
 from pretrainer.registry import OBJECTIVES
 
@@ -50,6 +52,7 @@ def perplexity(loss: float) -> float:
 @OBJECTIVES.register("mlm")
 class MaskedLM:
     batch_kind = "mlm"  # the batch layout the loader builds for this objective
+    extra_positions = 0  # positions a sequence needs beyond train.seq_len
 
     def __init__(self, cfg: ObjectiveConfig, tokenizer):
         if getattr(tokenizer, "mask_id", None) is None:
@@ -59,6 +62,11 @@ class MaskedLM:
         self.mask_id = tokenizer.mask_id
         self.vocab_size = tokenizer.vocab_size
         self.special_ids = list(getattr(tokenizer, "special_ids", None) or [])
+
+    def build(self, backbone: nn.Module) -> PretrainingModel:
+        """The backbone with an MLM head (decoder tied to the word embeddings)."""
+        freeze_pooler(backbone)  # masked LM reads no pooled vector
+        return PretrainingModel(backbone, {"mlm_head": mlm_head_for(backbone)})
 
     def mask(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         word_starts = None

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pretrainer.objectives.heads import PretrainingModel, mlm_head_for, pair_head_for
 from pretrainer.objectives.mlm import MaskedLM, perplexity, seeded_evaluation_batches
 from pretrainer.registry import OBJECTIVES
 
@@ -17,12 +18,18 @@ class MaskedLMWithNSP(MaskedLM):
     """loss = MLM loss + nsp_weight * NSP cross-entropy; both heads share one encoder pass."""
 
     batch_kind = "mlm_nsp"
+    pair_head = "nsp_head"  # the sentence-pair head's name (and its Hugging Face mapping)
+
+    def build(self, backbone: nn.Module) -> PretrainingModel:
+        heads = {"mlm_head": mlm_head_for(backbone), self.pair_head: pair_head_for(backbone)}
+        backbone.pooler.requires_grad_(True)  # the pair head reads the pooled [CLS] vector
+        return PretrainingModel(backbone, heads)
 
     def terms(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None):
         hidden, labels = self.encode(model, batch, generator)
         mlm_loss, mlm_correct, n = self.masked_lm_terms(model, hidden, labels)
         pooled = model.pooled(hidden, batch.get("attention_mask"), "cls")  # (B, C)
-        nsp_logits = model.nsp_logits(pooled)  # (B, 2)
+        nsp_logits = getattr(model, self.pair_head)(pooled)  # (B, 2)
         target = batch["next_sentence_label"]
         nsp_loss = F.cross_entropy(nsp_logits.float(), target)
         nsp_correct = (nsp_logits.argmax(dim=-1) == target).sum()

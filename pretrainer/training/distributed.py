@@ -8,15 +8,16 @@ torchrun it does nothing. `parallelize` then wraps the single-device model from 
 in one fixed order: move to the device -> DDP (default) or FSDP2 (`impl.parallel = "fsdp"`:
 `fully_shard` on each Transformer block, then on the root) -> torch.compile (in `fit`).
 
-The objective runs inside the wrapper's forward. Objectives call `model.lm_logits`,
-`model.pooled` and `model.nsp_logits` after `model(...)`; under DDP or FSDP those calls
+The objective runs inside the wrapper's forward. Objectives call their heads
+(`model.lm_projection`, `model.pooled`, `model.nsp_head`) after `model(...)`; under DDP or FSDP those calls
 would happen outside the wrapper's forward, where DDP cannot tell used from unused
 parameters (a head only reached after forward would be counted unused and reduced twice)
 and FSDP has not gathered the root's parameters. So the model is wrapped as
 `ObjectiveStep(model)`, whose `forward(objective, batch)` is `objective(model, batch)`,
 and `call_objective` routes the loop's call through it. DDP runs with
-`find_unused_parameters=True`: MLM never touches the pooler or the NSP head, and such
-parameters keep `grad = None` exactly as in one process.
+`find_unused_parameters=False`: an objective's module holds only the heads it trains, and
+it freezes what its loss never reaches (masked LM: the [CLS] pooler), so every trainable
+parameter gets a gradient every step.
 
 Semantics of N processes: each rank takes `train.batch_size` sequences per micro-batch,
 so the global batch is batch_size * N * accum; gradients are the mean of the ranks'
@@ -179,7 +180,7 @@ def parallelize(model: nn.Module, impl, device: torch.device) -> nn.Module:
         fully_shard(step)
         return step
     return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=False)
 
 
 def call_objective(model: nn.Module, objective: Callable, batch):

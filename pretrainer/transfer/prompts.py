@@ -24,7 +24,8 @@ from pretrainer.data.labeled import EncodedDataset, collate, label_indices
 from pretrainer.data.readers import LabeledExamples
 from pretrainer.data.tokenizer import TextTokenizer, truncate_longest_first
 from pretrainer.errors import PretrainerError
-from pretrainer.models.heads import WrapsBackbone, word_embedding_table
+from pretrainer.models.heads import WrapsBackbone, freeze_pooler, word_embedding_table
+from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
 from pretrainer.models.layers import decay_groups
 
 TEMPLATE_KEY = "config key 'finetune.prompt.template'"
@@ -124,9 +125,11 @@ class ClozeClassifier(WrapsBackbone):
 
     def __init__(self, backbone: nn.Module, verbalizer_ids: Sequence[int], mask_id: int):
         super().__init__()
-        if not hasattr(backbone, "lm_logits"):
-            raise PretrainerError(f"cloze prompts need a masked-LM backbone; {type(backbone).__name__} has no "
-                                  f"MLM head")
+        if not getattr(backbone, "has_lm_head", False):
+            # A backbone without its pre-training heads (trained from scratch, or stripped):
+            # cloze scores come from a fresh MLM head, as for a checkpoint that shipped none.
+            backbone = PretrainingModel(backbone, {"mlm_head": mlm_head_for(backbone)})
+        freeze_pooler(backbone.backbone)  # cloze scores read the [MASK] position, never the pooler
         self.backbone = backbone
         self.mask_id = mask_id
         self.num_labels = len(verbalizer_ids)

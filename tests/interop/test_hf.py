@@ -14,8 +14,9 @@ from pretrainer.api import load_run  # noqa: E402
 from pretrainer.config import Config, ObjectiveConfig, TokenizerConfig, save_config  # noqa: E402
 from pretrainer.data.tokenizer import train_tokenizer  # noqa: E402
 from pretrainer.errors import PretrainerError  # noqa: E402
-from pretrainer.models import (BertModel, SequenceClassifier, TokenClassifier, build_model,  # noqa: E402
-                               model_config_dict)
+from pretrainer.models import BertModel, SequenceClassifier, TokenClassifier, build_model  # noqa: E402
+from pretrainer.objectives.heads import PretrainingModel, pretraining_model  # noqa: E402
+from pretrainer.runs import module_spec  # noqa: E402
 from pretrainer.interop.hf_import import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
 from pretrainer.interop.hf_export import export_hf, save_hf  # noqa: E402
 from pretrainer.interop.hf_layout import BERT  # noqa: E402
@@ -62,7 +63,7 @@ def batch(tokenizer, texts, max_len=20):
 def write_run(run_dir, model, tokenizer, **records):
     """A run directory as pre-training / fine-tuning leave it: model.json, weights, tokenizer."""
     run_dir.mkdir(parents=True)
-    (run_dir / "model.json").write_text(json.dumps(model_config_dict(model)))
+    (run_dir / "model.json").write_text(json.dumps(module_spec(model)))
     save_weights(model, run_dir / "model.safetensors")
     tokenizer.save(run_dir)
     for name, record in records.items():
@@ -113,7 +114,8 @@ def minilm_inputs(path):
 def test_minilm_import_matches_transformers(minilm):
     path, ref_model = minilm
     model, tokenizer, info = import_hf(path)
-    assert isinstance(model, BertModel) and model.config.n_layers == 6 and model.config.d_model == 384
+    assert isinstance(model, PretrainingModel) and model.head_names == ["mlm_head", "nsp_head"]
+    assert isinstance(model.backbone, BertModel) and model.config.n_layers == 6 and model.config.d_model == 384
     assert any(note.startswith("initialised MLM head") for note in info["notes"])
     enc = minilm_inputs(path)
     assert enc["attention_mask"].min() == 0  # the batch has padding
@@ -223,7 +225,8 @@ def test_gpt2_checkpoint_from_transformers(weights, bytebpe, tmp_path):
 
 def tiny_bert(tiny_config, tokenizer):
     torch.manual_seed(0)
-    model = build_model(tiny_config("bert", d_ff=64), tokenizer.vocab_size).eval()
+    backbone = build_model(tiny_config("bert", d_ff=64), tokenizer.vocab_size)
+    model = pretraining_model(backbone, ["mlm_head", "nsp_head"]).eval()  # BertForPreTraining's parts
     perturb(model)
     return model
 
@@ -240,7 +243,7 @@ def test_export_bert_run(tiny_config, wordpiece, tmp_path):
         assert report == {}
         got = full(input_ids=x, attention_mask=mask)
         torch.testing.assert_close(got.prediction_logits[real], model.lm_logits(hidden)[real], atol=1e-4, rtol=0)
-        torch.testing.assert_close(got.seq_relationship_logits, model.nsp_logits(model.pooled(hidden, real)),
+        torch.testing.assert_close(got.seq_relationship_logits, model.nsp_head(model.pooled(hidden, real)),
                                    atol=1e-4, rtol=0)
         # the other Auto classes find every weight they need; only the heads they lack are unused
         mlm, report = hf_load(transformers.AutoModelForMaskedLM, out)
@@ -285,7 +288,7 @@ def test_exported_cased_tokenizer(tiny_config, tmp_path):
 
 def test_export_classifier_run(tiny_config, wordpiece, tmp_path):
     torch.manual_seed(0)
-    model = SequenceClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, pooling="cls").eval()
+    model = SequenceClassifier(tiny_bert(tiny_config, wordpiece).backbone, num_labels=3, pooling="cls").eval()
     perturb(model)
     run = write_run(tmp_path / "run", model, wordpiece, results={"labels": ["bad", "ok", "good"]})
     out = export_hf(run, tmp_path / "hf")
@@ -309,7 +312,7 @@ def test_export_classifier_run(tiny_config, wordpiece, tmp_path):
 @pytest.mark.parametrize("tied", [True, False])
 def test_export_gpt_run(tied, tiny_config, bytebpe, tmp_path):
     torch.manual_seed(0)
-    model = build_model(tiny_config("gpt", tie_embeddings=tied), bytebpe.vocab_size).eval()
+    model = pretraining_model(build_model(tiny_config("gpt", tie_embeddings=tied), bytebpe.vocab_size), []).eval()
     perturb(model)
     out = export_hf(write_run(tmp_path / "run", model, bytebpe), tmp_path / "hf")
     hf, report = hf_load(transformers.AutoModelForCausalLM, out)
@@ -379,7 +382,7 @@ def test_unsupported_checkpoints_are_refused(tmp_path, wordpiece):
 
 def test_export_tagger_run(tiny_config, wordpiece, tmp_path):
     torch.manual_seed(0)
-    model = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3).eval()
+    model = TokenClassifier(tiny_bert(tiny_config, wordpiece).backbone, num_labels=3).eval()
     perturb(model)
     run = write_run(tmp_path / "run", model, wordpiece, results={"labels": ["O", "B-PER", "I-PER"]})
     out = export_hf(run, tmp_path / "hf")
@@ -395,10 +398,10 @@ def test_export_tagger_run(tiny_config, wordpiece, tmp_path):
     # The backbone alone still goes out when asked for; word-shape vectors and a CRF cannot go at all.
     backbone = export_hf(run, tmp_path / "backbone", architecture="BertModel")
     assert hf_load(transformers.AutoModel, backbone)[1] == {}
-    cased = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, case_features=True)
+    cased = TokenClassifier(tiny_bert(tiny_config, wordpiece).backbone, num_labels=3, case_features=True)
     with pytest.raises(PretrainerError, match="case_features"):
         save_hf(cased, wordpiece, tmp_path / "cased")
-    with_crf = TokenClassifier(tiny_bert(tiny_config, wordpiece), num_labels=3, crf=True)
+    with_crf = TokenClassifier(tiny_bert(tiny_config, wordpiece).backbone, num_labels=3, crf=True)
     with pytest.raises(PretrainerError, match="finetune.crf"):
         save_hf(with_crf, wordpiece, tmp_path / "crf")
     with pytest.raises(PretrainerError, match="no tagger"):

@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from pretrainer.models import build_model  # noqa: E402
+from pretrainer.objectives.heads import nest_backbone_keys, pretraining_model  # noqa: E402
 
 VOCAB = 61
 
@@ -64,8 +65,9 @@ def test_bert_matches_hugging_face(tiny_config):
         for name, p in hf.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
-    model = build_model(tiny_config("bert", d_ff=64), VOCAB)
-    model.load_state_dict(bert_state_from_hf(hf.state_dict(), 2), strict=True)
+    heads = ["mlm_head", "nsp_head"]  # BertForPreTraining's, which belong to the objectives
+    model = pretraining_model(build_model(tiny_config("bert", d_ff=64), VOCAB), heads)
+    model.load_state_dict(nest_backbone_keys(bert_state_from_hf(hf.state_dict(), 2), heads), strict=True)
 
     x = torch.randint(4, VOCAB, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
@@ -78,7 +80,7 @@ def test_bert_matches_hugging_face(tiny_config):
         keep = mask.bool()
         torch.testing.assert_close(hidden[keep], ref.hidden_states[-1][keep], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(model.lm_logits(hidden)[keep], ref.prediction_logits[keep], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(model.nsp_logits(model.pooled(hidden, keep, "cls")),
+        torch.testing.assert_close(model.nsp_head(model.pooled(hidden, keep, "cls")),
                                    ref.seq_relationship_logits, atol=1e-4, rtol=1e-4)
 
 
@@ -92,8 +94,8 @@ def test_gpt_matches_hugging_face_gpt2(tiny_config):
         for name, p in hf.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
-    model = build_model(tiny_config("gpt"), VOCAB)
-    model.load_state_dict(gpt2_state_from_hf(hf.state_dict(), 2), strict=True)
+    model = pretraining_model(build_model(tiny_config("gpt"), VOCAB), [])
+    model.backbone.load_state_dict(gpt2_state_from_hf(hf.state_dict(), 2), strict=True)
 
     x = torch.randint(4, VOCAB, (2, 12))
     with torch.no_grad():

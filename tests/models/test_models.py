@@ -10,12 +10,19 @@ import torch
 from pretrainer.config import ModelConfig
 from pretrainer.errors import PretrainerError
 from pretrainer.models import SequenceClassifier, build_model, model_config_dict, model_from_config_dict
+from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
 from pretrainer.registry import MODELS
 
 
 NAMES = MODELS.names()
 VOCAB = 61  # as in conftest.py: not max_len, so the word embedding is the only (V, C) matrix
 B, T = 3, 10
+
+
+def with_lm_head(backbone):
+    """The backbone with a language-model head: a decoder's own, or an encoder's MLM head (the
+    masked-LM objective's) tied to its word embeddings."""
+    return PretrainingModel(backbone, {} if hasattr(backbone, "lm_projection") else {"mlm_head": mlm_head_for(backbone)})
 
 
 def ids(b=B, t=T, seed=0):
@@ -30,12 +37,11 @@ def test_shapes(name, make_model):
     mask = torch.ones(B, T, dtype=torch.bool)
     hidden = model(x, mask, torch.zeros_like(x))
     assert hidden.shape == (B, T, model.d_model) == (B, T, 32)
-    assert model.lm_logits(hidden).shape == (B, T, VOCAB)
-    assert model.lm_logits(hidden[mask][:7]).shape == (7, VOCAB)  # gathered positions (N, C)
+    lm = with_lm_head(model)
+    assert lm.lm_logits(hidden).shape == (B, T, VOCAB)
+    assert lm.lm_logits(hidden[mask][:7]).shape == (7, VOCAB)  # gathered positions (N, C)
     for pooling in ("cls", "mean"):
         assert model.pooled(hidden, mask, pooling).shape == (B, 32)
-    if hasattr(model, "nsp_logits"):
-        assert model.nsp_logits(model.pooled(hidden, mask, "cls")).shape == (B, 2)
     assert model.config.vocab_size == VOCAB and model.config.name == name
 
 
@@ -96,7 +102,7 @@ def test_gpt_last_pooling_finds_the_last_real_token(make_model):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_lm_head_is_tied_to_the_embedding(name, make_model):
-    model = make_model(name)
+    model = with_lm_head(make_model(name))
     big = [n for n, p in model.named_parameters() if p.shape == (VOCAB, 32)]
     assert len(big) == 1, big  # one matrix serves as input embedding and output projection
     assert len([k for k, v in model.state_dict().items() if v.shape == (VOCAB, 32)]) == 1
@@ -214,7 +220,7 @@ def test_dropout_only_in_training(name, tiny_config):
 @pytest.mark.parametrize("name", NAMES)
 def test_backward_gives_finite_grads(name, make_model):
     model = make_model(name).train()
-    model.lm_logits(model(ids())).logsumexp(-1).mean().backward()
+    with_lm_head(model).lm_logits(model(ids())).logsumexp(-1).mean().backward()
     for n, p in model.named_parameters():
         if p.grad is not None:
             assert torch.isfinite(p.grad).all(), n

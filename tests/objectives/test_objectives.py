@@ -39,7 +39,7 @@ def make_batch(kind: str, b=4, t=16, seed=0) -> dict:
 
 def objective_and_model(name, tokenizer, make_model, **cfg):
     objective = OBJECTIVES.get(name)(ObjectiveConfig(name=name, **cfg), tokenizer)
-    return objective, make_model(PRETRAINING[name]).train()
+    return objective, objective.build(make_model(PRETRAINING[name])).train()
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAINING))
@@ -59,7 +59,7 @@ def test_step_output_and_gradients(name, tokenizer, make_model):
         assert 0 <= out["mlm_acc"] <= 1
     if name == "mlm_nsp":
         assert {"mlm_acc", "nsp_acc"} <= out.keys()
-        assert model.nsp_head.weight.grad is not None and model.pooler.weight.grad is not None
+        assert model.nsp_head.weight.grad is not None and model.backbone.pooler.weight.grad is not None
 
 
 @pytest.mark.parametrize("whole_word", [False, True])
@@ -83,7 +83,7 @@ def test_mlm_nsp_loss_is_the_weighted_sum(tokenizer, make_model):
     out = objective(model, batch)
     torch.testing.assert_close(out["loss"], out["mlm_loss"] + 0.5 * out["nsp_loss"])
     hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    nsp = F.cross_entropy(model.nsp_logits(model.pooled(hidden, None, "cls")), batch["next_sentence_label"])
+    nsp = F.cross_entropy(model.nsp_head(model.pooled(hidden, None, "cls")), batch["next_sentence_label"])
     torch.testing.assert_close(out["nsp_loss"], nsp)  # [CLS] is never masked, so the same pooled vector
 
 

@@ -149,9 +149,7 @@ def test_count_parameters_by_hand(make_model):
     bert = SequenceClassifier(make_model("bert"), NUM_LABELS)
     bert_total = ((vocab + max_len + 2) * d + 2 * d  # embeddings + their LayerNorm
                   + layers * block
-                  + d * d + d                        # pooler
-                  + d * d + d + 2 * d + vocab        # mlm_head dense, ln, bias (decoder tied)
-                  + d * 2 + 2                        # nsp_head
+                  + d * d + d                        # pooler (the pre-training heads belong to objectives)
                   + d * NUM_LABELS + NUM_LABELS)     # classifier head
     apply_lora(bert, lora_config(), trainable=("head.",))
     trainable = layers * adapters_per_block + d * NUM_LABELS + NUM_LABELS
