@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+from pretrainer.errors import PretrainerError
 from pretrainer.registry import TASKS, TRANSFER_METHODS
 from pretrainer.transfer.finetune import finetune
 from pretrainer.transfer.scoring import evaluate_finetuned
@@ -101,3 +102,20 @@ def test_method_contract(tiny_start, monkeypatch, method, task):
 def test_every_method_runs_on_some_task():
     assert all(set(TRANSFER_METHODS.get(m).tasks) <= set(TASKS) for m in TRANSFER_METHODS)
     assert {m for m, _ in CASES} == set(TRANSFER_METHODS)
+
+
+def test_unknown_method_or_task_is_one_line_naming_the_key(tiny_start):
+    # A config built in code (the curve's methods, say) never went through the config loader.
+    cfg, _, tmp = tiny_start
+    for key, value in (("method", "adapters"), ("task", "regression")):
+        bad = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **{key: value}, dir=str(tmp / "x")))
+        with pytest.raises(PretrainerError, match=f"config key 'finetune.{key}': unknown .* {value!r}") as err:
+            finetune(bad, **QUIET)
+        assert "\n" not in str(err.value)
+
+
+def test_fine_tuning_into_the_init_run_is_refused(tiny_start):
+    cfg, _, _ = tiny_start
+    into_init = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, dir=cfg.finetune.init))
+    with pytest.raises(PretrainerError, match="finetune.dir.*is the init run itself"):
+        finetune(into_init, **QUIET)
