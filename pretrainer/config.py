@@ -23,6 +23,7 @@ from typing import Any
 
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text
+from pretrainer.registry import TASKS, TRANSFER_METHODS
 
 
 def _field(default: Any, help: str, choices: tuple | None = None):
@@ -179,12 +180,12 @@ class FinetuneConfig:
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
     dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
     task: str = _field("classification", "one label per example, or one tag per word (NER, CoNLL files)",
-                       ("classification", "tokens"))
+                       TASKS)
     method: str = _field("full", "how to transfer: full fine-tuning; freeze (embeddings and the bottom "
                                  "`freeze_layers` frozen); llrd (layer-wise lr decay); probe (frozen "
                                  "backbone, cached features, linear head); lora; soft_prompt; cloze "
                                  "(template + verbalizer over the MLM head, PET-style); cloze_zero_shot",
-                         ("full", "freeze", "llrd", "probe", "lora", "soft_prompt", "cloze", "cloze_zero_shot"))
+                         TRANSFER_METHODS)  # the registered methods, read when a config is checked
     label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")
     n_labels: int = _field(0, "use exactly this many labeled examples (stratified); overrides label_fraction")
     freeze_layers: int = _field(0, "method freeze: bottom layers frozen with the embeddings (0 = half the layers)")

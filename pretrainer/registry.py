@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from pretrainer.errors import PretrainerError
 
@@ -11,8 +11,18 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """`kind` names an entry in messages; `key` is the config key that chooses one, so an unknown
+    name is reported against it; `package` is the module whose import registers the entries
+    (default: the models and objectives).
+
+    Iterating gives the names in registration order, which lets a config field take a registry
+    as its `choices`. No `__len__`: that would make truth-testing a registry import its package.
+    """
+
+    def __init__(self, kind: str, key: str | None = None, package: str | None = None):
         self.kind = kind
+        self.key = key
+        self.package = package
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -25,23 +35,37 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        _import_builtins()
+        self._load()
         if name not in self._entries:
             choices = ", ".join(sorted(self._entries)) or "none"
-            raise PretrainerError(f"unknown {self.kind} {name!r}; choose one of: {choices}")
+            where = f"config key {self.key!r}: " if self.key else ""
+            raise PretrainerError(f"{where}unknown {self.kind} {name!r}; choose one of: {choices}")
         return self._entries[name]
 
     def names(self) -> list[str]:
-        _import_builtins()
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        _import_builtins()
+        self._load()
         return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(list(self._entries))
+
+    def _load(self) -> None:
+        if self.package:
+            importlib.import_module(self.package)
+        else:
+            _import_builtins()
 
 
 MODELS: Registry = Registry("model")  # name -> nn.Module class with a `config_class`
 OBJECTIVES: Registry = Registry("objective")  # name -> objective class (see objectives/)
+# name -> transfer method class / task class (see transfer/methods/, transfer/tasks/)
+TRANSFER_METHODS: Registry = Registry("transfer method", key="finetune.method", package="pretrainer.transfer")
+TASKS: Registry = Registry("task", key="finetune.task", package="pretrainer.transfer")
 
 
 # The packages whose import registers the built-in components. They are named, not imported,

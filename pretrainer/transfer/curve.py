@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
+from pretrainer.io import atomic_write_text
+from pretrainer.transfer.finetune import finetune
 
 
 def curve_starts(cfg: Config) -> dict[str, dict]:
@@ -55,9 +57,8 @@ def label_amount(fraction: float) -> dict:
 
 def curve(cfg: Config, log=print) -> list[dict]:
     """Runs every (start, fraction, seed); returns the summary rows (mean ± std over seeds)."""
+    # report.py imports matplotlib: only a curve needs it.
     from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
-    from pretrainer.io import atomic_write_text
-    from pretrainer.transfer.finetune import finetune
 
     out = Path(cfg.curve.dir or Path(cfg.run.dir) / "curve")
     out.mkdir(parents=True, exist_ok=True)

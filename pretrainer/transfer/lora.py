@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pretrainer.config import LoraConfig
 from pretrainer.errors import PretrainerError
-from pretrainer.transfer.methods import count_parameters
+from pretrainer.transfer.partial import count_parameters
 
 
 class LoraLinear(nn.Module):

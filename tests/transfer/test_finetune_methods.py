@@ -11,9 +11,10 @@ from pretrainer.config import TrainConfig
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier
 from pretrainer.training.optim import build_optimizer
-from pretrainer.transfer.finetune import BestWeights, finetune
-from pretrainer.transfer.methods import count_parameters, freeze_bottom_layers
-from pretrainer.transfer.probe import cached_features, fit_logistic_regression
+from pretrainer.transfer.finetune import finetune
+from pretrainer.transfer.methods.probe import cached_features, fit_logistic_regression
+from pretrainer.transfer.partial import count_parameters, freeze_bottom_layers
+from pretrainer.transfer.select import BestWeights
 
 
 
@@ -192,7 +193,7 @@ def test_min_steps_gives_a_small_subset_more_passes(tiny_task):
 
 def test_evaluation_sample_is_stratified_fixed_and_keeps_line_numbers():
     from pretrainer.data.readers import LabeledExamples
-    from pretrainer.transfer.finetune import evaluation_sample
+    from pretrainer.transfer.tasks.classification import evaluation_sample
 
     examples = LabeledExamples(texts=[f"t{i}" for i in range(100)], pairs=None,
                                labels=["a"] * 80 + ["b"] * 20, source="test.jsonl", line_numbers=list(range(1, 101)))

@@ -14,7 +14,8 @@ from pretrainer.data.tokenizer import train_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import TokenClassifier
 from pretrainer.objectives.token_classification import TokenClassificationObjective
-from pretrainer.transfer.ner import build_tagger, finetune_tokens
+from pretrainer.registry import TASKS, TRANSFER_METHODS
+from pretrainer.transfer.finetune import check_finetune_config, finetune
 
 FILLER = "the a of walked towards quickly yesterday morning beside under".split()
 # Entity words and their tags; "new delhi" is a two-word entity. No entity word starts with
@@ -245,7 +246,7 @@ def test_finetune_tokens_writes_results(tmp_path, tokenizer):
     dev = write_conll(tmp_path / "dev.txt", tagged_sentences(10, seed=2), prefix="en:")
     cfg = ner_config(tmp_path, tokenizer, train, dev, '--finetune.data.token_prefix="en:"',
                      "--finetune.train.epochs=0", "--finetune.train.max_steps=3", "--finetune.n_labels=20")
-    results = finetune_tokens(cfg, **QUIET)
+    results = finetune(cfg, **QUIET)
     assert results["steps"] == 3 and results["n_labels"] == 20
     assert results["labels"] == ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC"]
     saved = json.loads((tmp_path / "run" / "finetune" / "results.json").read_text())
@@ -269,7 +270,7 @@ def test_finetune_tokens_learns_a_simple_tagging_task(tmp_path, tokenizer):
     cfg = ner_config(tmp_path, tokenizer, train, dev, "--finetune.train.epochs=0",
                      "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3",
                      "--finetune.train.warmup=0.1", "--finetune.classifier_dropout=0.0")
-    results = finetune_tokens(cfg, **QUIET)
+    results = finetune(cfg, **QUIET)
     assert results["dev"]["f1"] > 0.9, results["dev"]
 
 
@@ -282,7 +283,7 @@ def test_crf_tagger_learns_and_reloads_with_its_constraints(tmp_path, tokenizer)
     cfg = ner_config(tmp_path, tokenizer, train, dev, "--finetune.train.epochs=0",
                      "--finetune.train.max_steps=60", "--finetune.train.lr=3e-3",
                      "--finetune.train.warmup=0.1", "--finetune.classifier_dropout=0.0", "--finetune.crf=true")
-    results = finetune_tokens(cfg, **QUIET)
+    results = finetune(cfg, **QUIET)
     assert results["dev"]["f1"] > 0.9, results["dev"]
 
     model, _ = load_run(tmp_path / "run" / "finetune")
@@ -341,7 +342,7 @@ def test_case_features_recover_what_an_uncased_tokenizer_drops(tmp_path, tokeniz
                          "--finetune.classifier_dropout=0.0",
                          f"--finetune.case_features={str(case_features).lower()}",
                          f'--finetune.dir="{tmp_path / f"run-{case_features}"}"')
-        f1[case_features] = finetune_tokens(cfg, **QUIET)["dev"]["f1"]
+        f1[case_features] = finetune(cfg, **QUIET)["dev"]["f1"]
     assert f1[True] > 0.95 and f1[False] < 0.7, f1
     from pretrainer.api import load_run
 
@@ -350,13 +351,20 @@ def test_case_features_recover_what_an_uncased_tokenizer_drops(tmp_path, tokeniz
 
 
 def test_case_features_are_refused_where_they_do_not_apply(tmp_path, tokenizer, make_model):
-    from pretrainer.transfer.finetune import check_finetune_config
-
     cfg = load_config(None, ['--finetune.data.train="x.tsv"', "--finetune.case_features=true"])
     with pytest.raises(PretrainerError, match="finetune.case_features"):
         check_finetune_config(cfg)
     with pytest.raises(PretrainerError, match="BERT-style encoder"):
         TokenClassifier(make_model("gpt"), num_labels=3, case_features=True)
+
+
+def build_tagger(ft, backbone, num_labels):
+    """The tagger a fine-tuning run with `ft` trains: its method checked against the tokens task,
+    then built on it."""
+    task = TASKS.get("tokens")()
+    method = TRANSFER_METHODS.get(ft.method)(dataclasses.replace(Config(), finetune=ft))
+    method.check(task)
+    return method.build(task, backbone, None, [f"tag{i}" for i in range(num_labels)], log=lambda *_: None)
 
 
 @pytest.mark.parametrize("method", ["full", "freeze", "llrd", "lora"])
@@ -382,7 +390,6 @@ def test_tagger_for_each_transfer_method(make_model, method):
 
 @pytest.mark.parametrize("method", ["probe", "cloze", "soft_prompt"])
 def test_methods_without_a_tagger_variant_are_refused(make_model, method):
-    from pretrainer.transfer.finetune import check_finetune_config
 
     cfg = load_config(None, ['--finetune.data.train="x.conll"', '--finetune.task="tokens"', f'--finetune.method="{method}"'])
     with pytest.raises(PretrainerError, match="finetune.method"):

@@ -112,7 +112,6 @@ def test_bad_files_and_runs_get_one_line_errors(classifier_run):
 def test_the_cli_scores_a_tagger_on_an_overridden_test_file(tmp_path, capsys):
     from pretrainer.config import TokenizerConfig
     from pretrainer.data.tokenizer import train_tokenizer
-    from pretrainer.transfer.ner import finetune_tokens
 
     texts = [" ".join(words) for words, _ in tagged_sentences(200, seed=0)]
     train_tokenizer(texts, TokenizerConfig(kind="wordpiece", vocab_size=70, min_frequency=1)).save(tmp_path / "tok")
@@ -149,7 +148,7 @@ log_every = 0
 progress = false
 threads = 1
 """)
-    results = finetune_tokens(load_config(str(config), []), **QUIET)
+    results = finetune(load_config(str(config), []), **QUIET)
     assert results["dev"]["f1"] > 0.8  # learned: the scores below mean something
 
     # Only people, none of the other entity types: the file's own tag set would be smaller.

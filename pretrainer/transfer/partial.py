@@ -29,25 +29,6 @@ def freeze_bottom_layers(model: nn.Module, n_layers: int) -> int:
     return frozen
 
 
-def head_kwargs(ft) -> dict:
-    """Constructor arguments every task head takes from the finetune section."""
-    if ft.method == "llrd":
-        check_layer_decay(ft.layer_decay)
-        return {"dropout": ft.classifier_dropout, "layer_decay": ft.layer_decay}
-    return {"dropout": ft.classifier_dropout}
-
-
-def restrict_trainable(model: nn.Module, ft) -> nn.Module:
-    """Apply the parameter-restricting methods (freeze, lora) to a head-on-backbone model."""
-    if ft.method == "freeze":
-        freeze_bottom_layers(model, ft.freeze_layers or default_freeze_layers(model))
-    elif ft.method == "lora":
-        from pretrainer.transfer.lora import apply_lora
-
-        apply_lora(model, ft.lora, trainable=("head.", "case_embeddings.", "crf."))  # the new, untrained parts
-    return model
-
-
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total); `parameters()` yields a tied tensor once, so it is counted once."""
     trainable = total = 0

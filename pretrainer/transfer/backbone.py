@@ -1,0 +1,34 @@
+"""Where a fine-tuning run's backbone comes from: `finetune.init` (a run directory, `hf:PATH`,
+`pkg:NAME`), its architecture afresh (`finetune.from_scratch`), or `[model]` with `tokenizer.path`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pretrainer.config import Config
+from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer
+from pretrainer.errors import PretrainerError
+from pretrainer.models import build_model
+from pretrainer.interop.hf_import import load_pretrained
+from pretrainer.registry import TRANSFER_METHODS
+
+
+def load_backbone(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
+    """The backbone and tokenizer to fine-tune, and a short description of where they came from."""
+    ft = cfg.finetune
+    if ft.init:
+        loaded, tokenizer, _ = load_pretrained(ft.init)
+        backbone = getattr(loaded, "backbone", loaded)  # drop pre-training heads or an imported classifier's
+        if TRANSFER_METHODS.get(ft.method).reads_lm_head and getattr(loaded, "has_lm_head", False):
+            backbone = loaded  # cloze prompts score with the MLM head pre-training left
+        if ft.from_scratch:
+            backbone = getattr(backbone, "backbone", backbone)
+            # Same architecture and tokenizer, fresh weights: the honest baseline.
+            backbone = type(backbone)(backbone.config)
+            return backbone, tokenizer, f"scratch ({ft.init} architecture)"
+        return backbone, tokenizer, ft.init
+    if not cfg.tokenizer.path:
+        raise PretrainerError("set finetune.init to a pre-training run directory, or tokenizer.path and "
+                              "[model] for a model trained from scratch")
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    return build_model(cfg.model, tokenizer.vocab_size), tokenizer, "scratch"

@@ -1,0 +1,84 @@
+"""Fit and select: the shared training step of every fine-tuning method that trains by gradient.
+
+`fit` with model selection on dev: early stopping (finetune.patience) and the best evaluation's
+weights restored at the end (finetune.keep_best).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from pretrainer.config import Config
+from pretrainer.io import unwrap
+from pretrainer.training.loop import fit
+
+
+def train_and_select(cfg: Config, model: nn.Module, objective, batches, n_examples: int, run_dir: Path,
+                     evaluate: Callable[[nn.Module], dict] | None, has_dev: bool, metric: str, resume: bool,
+                     log) -> int:
+    """`fit`, keeping the weights of the best evaluation of `metric` (higher is better) when there
+    is a dev set. Returns the steps taken."""
+    ft = cfg.finetune
+    train_cfg = ft.train
+    if has_dev and not train_cfg.eval_every and (ft.keep_best or ft.patience):
+        # Model selection needs evaluations along the way: once per epoch unless told otherwise.
+        train_cfg = dataclasses.replace(train_cfg, eval_every=batches.steps_per_epoch)
+    best = BestWeights(metric)
+    result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
+                 eval_fn=best.wrap(evaluate) if evaluate is not None else None,
+                 resume=resume, total_steps=total_steps(train_cfg, n_examples), log=log,
+                 should_stop=best.patience_spent(ft.patience) if ft.patience else None)
+    if ft.keep_best and has_dev and best.restore(model):
+        log(f"keeping the weights of the best dev evaluation (number {best.evaluation} of "
+            f"{best.evaluations}, {metric} {best.score:.4f})")
+    return result.step
+
+
+class BestWeights:
+    """Tracks the best evaluation during `fit` and keeps a copy of those weights in memory."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.score: float | None = None
+        self.evaluation = 0  # which evaluation (1-based) was the best
+        self.state: dict | None = None
+        self.evaluations = 0
+        self.since_best = 0
+
+    def wrap(self, eval_fn):
+        def evaluate_and_track(model):
+            results = eval_fn(model)
+            self.evaluations += 1
+            score = float(results[self.metric])
+            if self.score is None or score > self.score:
+                self.score, self.evaluation, self.since_best = score, self.evaluations, 0
+                self.state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+            else:
+                self.since_best += 1
+            return results
+
+        return evaluate_and_track
+
+    def patience_spent(self, patience: int):
+        return lambda history: self.since_best >= patience
+
+    def restore(self, model: nn.Module) -> bool:
+        """Load the best weights into `model`; False when nothing was tracked."""
+        if self.state is None:
+            return False
+        model.load_state_dict(self.state)
+        return True
+
+
+def total_steps(train_cfg, n_examples: int) -> int | None:
+    if train_cfg.budget:
+        return None
+    if train_cfg.epochs > 0:
+        per_epoch = math.ceil(n_examples / (train_cfg.batch_size * train_cfg.accum))
+        return max(1, math.ceil(train_cfg.epochs * per_epoch), train_cfg.min_steps)
+    return train_cfg.max_steps
