@@ -483,10 +483,11 @@ def run_prep_tokenizers_child(spec: dict) -> dict:
 
 def run_prep_pretrainer_child(spec: dict) -> dict:
     """pretrainer's prepare path with a given tokenizer: read, encode, pack, write shards (fresh cache)."""
-    from pretrainer.config import Config, DataConfig, TokenizerConfig
+    from pretrainer.config import Config, TokenizerConfig
+    from pretrainer.data.text_config import TextDataConfig
     from pretrainer.data.shards import prepare_corpus
     with tempfile.TemporaryDirectory() as cache:
-        cfg = Config(data=DataConfig(train=[spec["data"]], cache_dir=cache, max_documents=spec["prep_docs"]),
+        cfg = Config(data=TextDataConfig(train=[spec["data"]], cache_dir=cache, max_documents=spec["prep_docs"]),
                      tokenizer=TokenizerConfig(path=spec["tokenizer"]))
         start = time.perf_counter()
         corpus = prepare_corpus(cfg, log=lambda message: None)

@@ -5,28 +5,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+import torch.distributed as dist
+
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
+from pretrainer.interop.hf_import import init_folder, load_pretrained
+from pretrainer.models import build_model
 from pretrainer.objectives.heads import adopt_heads
+from pretrainer.registry import DATA, OBJECTIVES
 from pretrainer.runs import load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
+from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
+from pretrainer.training.loop import fit
+from pretrainer.training.precision import set_determinism, set_threads
 
 
 def prepare(cfg: Config, log=print):
-    """Read the corpus, train or load the tokenizer, and write (or reuse) the token shards."""
-    from pretrainer.data.shards import prepare_corpus
-
-    corpus = prepare_corpus(cfg, log=log)
-    meta = corpus.meta
-    log(f"prepared {meta.get('documents', '?')} documents, {len(corpus.train.tokens):,} train / "
-        f"{len(corpus.eval.tokens):,} held-out tokens, vocab {corpus.tokenizer.vocab_size:,} "
-        f"-> {corpus.cache_dir}")
-    return corpus
+    """Prepare `cfg.data` with its data module (for text: read the corpus, train or load the
+    tokenizer, write or reuse the token shards); returns the prepared data module."""
+    data = DATA.get(cfg.data.name)(cfg).prepare(log=log)
+    log(data.summary())
+    return data
 
 
 def pretrain(cfg: Config, resume: bool = False, log=print):
@@ -35,10 +38,6 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
     Under `torchrun --nproc_per_node=N` each process trains on its own share of every
     global batch (batch_size * N * accum sequences); see `training.distributed`.
     """
-    import torch.distributed as dist
-
-    from pretrainer.training.distributed import init_distributed, shutdown_distributed
-
     started_here = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(cfg.impl)  # a no-op unless launched by torchrun
     try:
@@ -49,13 +48,8 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
 
 
 def _pretrain(cfg: Config, resume: bool, log, info):
-    from pretrainer.data.loader import PackedLMLoader, eval_batches
-    from pretrainer.models import build_model
-    from pretrainer.registry import OBJECTIVES
-    from pretrainer.training.distributed import barrier
-    from pretrainer.training.loop import fit
-    from pretrainer.training.precision import set_determinism, set_threads
-
+    """One path for every objective: data module -> description -> backbone -> the objective's
+    module (backbone + heads) -> batches in the layout the objective names -> fit."""
     run_dir = Path(cfg.run.dir)
     if not resume and (run_dir / "checkpoints" / "latest").exists():
         raise PretrainerError(f"{run_dir} already holds a run; pass --resume to continue it "
@@ -64,25 +58,26 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     set_determinism(cfg.impl, cfg.run.seed)
     init_model = None
     if cfg.run.init:
-        # Continued pre-training: the architecture, weights and tokenizer come from the checkpoint.
-        from pretrainer.interop.hf_import import load_pretrained
-
+        # Continued pre-training: the architecture, weights and data reading (the tokenizer)
+        # come from the checkpoint.
         init_model, _, source = load_pretrained(cfg.run.init)
-        if not cfg.tokenizer.path:
-            cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(
-                cfg.tokenizer, path=str(_init_tokenizer_file(cfg.run.init))))
+        cfg = DATA.get(cfg.data.name).inherit(cfg, init_folder(cfg.run.init))
         log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
     if not info.is_main:
         barrier()  # rank 0 prepares the shared cache first; the others then read it
-    corpus = prepare(cfg, log=log)
+    data = prepare(cfg, log=log)
     if info.is_main:
         barrier()
-    tokenizer = corpus.tokenizer
 
-    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
+    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
+    data.check_layout(objective.batch_layout, cfg.objective.name)
     torch.manual_seed(cfg.run.seed)
     backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
-                else build_model(cfg.model, tokenizer.vocab_size))
+                else build_model(cfg.model, data.info))
+    refused = objective.check_backbone(backbone)
+    if refused:
+        raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train model "
+                              f"{backbone.config.name!r}: {refused}")
     model = objective.build(backbone)  # the backbone with the heads this objective trains
     if init_model is not None:
         fresh = adopt_heads(model, init_model)
@@ -91,17 +86,16 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     _check_fits(cfg, objective, model)
 
     if info.is_main:
-        write_run_header(run_dir, cfg, model, tokenizer)
+        write_run_header(run_dir, cfg, model, data)
 
-    kind = objective.batch_kind
+    layout, options = objective.batch_layout, objective.layout_options
     # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
-    batches = PackedLMLoader(corpus.train, cfg.train.batch_size, cfg.train.seq_len, kind, tokenizer,
-                             seed=cfg.run.seed, rank=info.rank, world_size=info.world_size,
-                             whole_word=cfg.objective.whole_word)
+    batches = data.train_batches(layout, cfg.train.batch_size, cfg.train.seq_len, seed=cfg.run.seed,
+                                 rank=info.rank, world_size=info.world_size, **options)
 
     def evaluate_heldout(m):
-        return objective.evaluate(m, eval_batches(corpus.eval, cfg.train.batch_size, cfg.train.seq_len,
-                                                  kind, tokenizer, max_batches=cfg.train.eval_batches))
+        return objective.evaluate(m, data.eval_batches(layout, cfg.train.batch_size, cfg.train.seq_len,
+                                                       max_batches=cfg.train.eval_batches, **options))
 
     n_params = sum(p.numel() for p in model.parameters())
     procs = f"; {info.world_size} processes ({cfg.impl.parallel})" if info.world_size > 1 else ""
@@ -118,29 +112,16 @@ def _check_fits(cfg: Config, objective, model) -> None:
         raise PretrainerError(f"train.seq_len = {cfg.train.seq_len} is longer than model.max_len = {max_len}")
 
 
-def _init_tokenizer_file(spec: str) -> Path:
-    """The tokenizer file of an `init` checkpoint (a run dir, hf:PATH or pkg:NAME)."""
-    from pretrainer.data.tokenizer import tokenizer_file
-    from pretrainer.interop.hf_import import PACKAGED
-
-    if spec.startswith("pkg:"):
-        return tokenizer_file(PACKAGED[spec[len("pkg:"):]]())
-    return tokenizer_file(spec[len("hf:"):] if spec.startswith("hf:") else spec)
-
-
 def evaluate(cfg: Config, log=print) -> dict:
-    """Held-out metrics (masked-token accuracy / perplexity) of the run in `cfg.run.dir`."""
-    from pretrainer.data.loader import eval_batches
-    from pretrainer.data.shards import prepare_corpus
-    from pretrainer.registry import OBJECTIVES
-
-    model, tokenizer = load_run(cfg.run.dir)
-    cfg.tokenizer.path = str(Path(cfg.run.dir) / "tokenizer.json")
-    corpus = prepare_corpus(cfg, log=log)
-    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, tokenizer)
-    metrics = objective.evaluate(model, eval_batches(corpus.eval, cfg.train.batch_size, cfg.train.seq_len,
-                                                     objective.batch_kind, tokenizer,
-                                                     max_batches=cfg.train.eval_batches))
+    """Held-out metrics of the run in `cfg.run.dir` under `cfg.objective` (masked-token
+    accuracy, perplexity, ...), on `cfg.data` read the way the run reads it."""
+    model, _ = load_run(cfg.run.dir)
+    data = prepare(DATA.get(cfg.data.name).inherit(cfg, cfg.run.dir), log=log)
+    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
+    data.check_layout(objective.batch_layout, cfg.objective.name)
+    metrics = objective.evaluate(model, data.eval_batches(objective.batch_layout, cfg.train.batch_size,
+                                                          cfg.train.seq_len, max_batches=cfg.train.eval_batches,
+                                                          **objective.layout_options))
     log(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return metrics
 

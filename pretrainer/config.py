@@ -23,6 +23,7 @@ from typing import Any
 
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text
+from pretrainer.registry import DATA, MODELS
 from pretrainer.registry import TASKS, TRANSFER_METHODS
 
 
@@ -45,18 +46,11 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    """Unlabeled text for pre-training."""
+    """Base of every data module's config; the data registry picks the subclass by `name`
+    (`name = "text"` -> data/text_config.TextDataConfig), as the model registry does for [model]."""
 
-    train: list[str] = _field([], "corpus files (txt, jsonl, csv, tsv; optionally .gz)")
-    eval: list[str] = _field([], "held-out files; empty -> split `holdout` of the documents off train")
-    format: str = _field("auto", "file format", ("auto", "txt", "jsonl", "csv", "tsv"))
-    text_field: str = _field("text", "jsonl/csv column holding the text")
-    txt_documents: str = _field("line", "txt: one document per line, or blank-line separated", ("line", "blank"))
-    on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: stop with an error or skip and count it",
-                              ("error", "skip"))
-    holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty")
-    max_documents: int = _field(0, "read at most this many documents per file (0 = all)")
-    cache_dir: str = _field("", "where prepared shards are cached (default: user cache dir)")
+    name: str = _field("text", "data module from the data registry (what the data is and how it is read)")
+    cache_dir: str = _field("", "where prepared data is cached (default: user cache dir)")
 
 
 @dataclass
@@ -82,7 +76,8 @@ class ObjectiveConfig:
     mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]")
     random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token")
     whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together")
-    nsp_weight: float = _field(1.0, "MLM+NSP: weight of the next-sentence loss")
+    nsp_weight: float = _field(1.0, "MLM+NSP / MLM+SOP: weight of the sentence-pair (next-sentence or "
+                                            "sentence-order) loss")
 
 
 @dataclass
@@ -230,7 +225,7 @@ class CurveConfig:
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: default_section(DataConfig))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -322,8 +317,9 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
     """Build dataclass `cls` from `data`, reporting the first bad key as `source: key: problem`."""
     if not isinstance(data, dict):
         raise PretrainerError(f"{source}: {prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
-    if cls is ModelConfig or (isinstance(cls, type) and issubclass(cls, ModelConfig) and "name" in data):
-        cls = model_config_class(data.get("name", "bert"), source, prefix)
+    for base, default in ((ModelConfig, "bert"), (DataConfig, "text")):
+        if cls is base or (isinstance(cls, type) and issubclass(cls, base) and "name" in data):
+            cls = section_config_class(base, data.get("name", default), source, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -344,13 +340,33 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
     return obj
 
 
-def model_config_class(name: Any, source: str = "config", prefix: str = "model.") -> type:
-    from pretrainer.registry import MODELS
+def _section_registry(base: type):
+    """The registry whose entries' `config_class` a section of type `base` becomes."""
+    return {ModelConfig: MODELS, DataConfig: DATA}[base]
 
-    if not isinstance(name, str) or name not in MODELS:
-        raise PretrainerError(f"{source}: {prefix}name: unknown model {name!r}; choose one of: "
-                              f"{', '.join(MODELS.names())}")
-    return MODELS.get(name).config_class
+
+def section_config_class(base: type, name: Any, source: str = "config", prefix: str = "model.") -> type:
+    """The config class of the registered component `name` for a [model] or [data] section."""
+    registry = _section_registry(base)
+    if not isinstance(name, str) or name not in registry:
+        raise PretrainerError(f"{source}: {prefix}name: unknown {registry.kind} {name!r}; choose one of: "
+                              f"{', '.join(registry.names())}")
+    return registry.get(name).config_class
+
+
+def default_section(base: type):
+    """The default [data] (or [model]): the default component's own config, all defaults."""
+    return section_config_class(base, base().name)()
+
+
+def resolve_section(base: type, cfg):
+    """`cfg` as its component's own config class: a bare [model] / [data] (only a name, e.g. a
+    config with no [data] section) gets that component's defaults; `cfg` itself is left alone."""
+    cls = section_config_class(base, cfg.name)
+    if isinstance(cfg, cls):
+        return cfg
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in known})
 
 
 def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
@@ -441,13 +457,13 @@ def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> lis
     out = []
     for f in dataclasses.fields(cls):
         value = getattr(defaults, f.name)
-        if f.type in (ModelConfig, "ModelConfig"):
-            # Each architecture has its own fields: list them per registered model.
-            from pretrainer.registry import MODELS
-
-            for name in MODELS.names():
-                out.append(f"# [model] with name = {name!r}:")
-                out.extend(help_text(MODELS.get(name).config_class, prefix + f.name + "."))
+        base = {"ModelConfig": ModelConfig, "DataConfig": DataConfig}.get(getattr(f.type, "__name__", f.type))
+        if base is not None:
+            # Each architecture / data module has its own fields: list them per registered one.
+            registry = _section_registry(base)
+            for name in registry.names():
+                out.append(f"# [{f.name}] with name = {name!r}:")
+                out.extend(help_text(registry.get(name).config_class, prefix + f.name + "."))
             continue
         if dataclasses.is_dataclass(value):
             out.extend(help_text(type(value), prefix + f.name + ".", value))

@@ -66,6 +66,7 @@ OBJECTIVES: Registry = Registry("objective")  # name -> objective class (see obj
 # name -> transfer method class / task class (see transfer/methods/, transfer/tasks/)
 TRANSFER_METHODS: Registry = Registry("transfer method", key="finetune.method", package="pretrainer.transfer")
 TASKS: Registry = Registry("task", key="finetune.task", package="pretrainer.transfer")
+DATA: Registry = Registry("data module", key="data.name", package="pretrainer.data")  # name -> data module class
 
 
 # The packages whose import registers the built-in components. They are named, not imported,

@@ -26,14 +26,15 @@ from pretrainer.models import model_config_dict, model_from_config_dict
 from pretrainer.objectives.heads import HEADS, PretrainingModel, nest_backbone_keys, pretraining_model
 
 
-def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, tokenizer) -> None:
-    """config.toml (when given), model.json and tokenizer.json: what a run needs before any weights."""
+def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, data) -> None:
+    """config.toml (when given), model.json and what `data` (a data module, or a tokenizer)
+    saves to read new inputs the same way: what a run needs before any weights."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg is not None:
         save_config(cfg, run_dir / "config.toml")
     atomic_write_text(run_dir / "model.json", json.dumps(module_spec(model), indent=2))
-    tokenizer.save(run_dir)
+    data.save(run_dir)
 
 
 def module_spec(module: nn.Module) -> dict:

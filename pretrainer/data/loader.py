@@ -13,6 +13,8 @@ Layouts (T = seq_len, all ids long, all masks bool):
 - "clm":     seq_len+1 packed tokens; windows overlap by one so every token is a target once.
 - "mlm_nsp": [CLS] A [SEP] B [SEP] pad...; B follows A in its document (label 0) or comes
              from another document (label 1), 50/50; A and B break at sentence starts.
+- "mlm_sop": the same pairs, always two consecutive spans of one document, given in order
+             (sentence_order_label 0) or swapped (1), 50/50 (ALBERT's sentence-order prediction).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pretrainer.data.shards import TokenStream
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
 
-KINDS = ("mlm", "mlm_nsp", "clm")
+LAYOUTS = ("mlm", "mlm_nsp", "mlm_sop", "clm")  # what an objective may name as its batch_layout
+PAIR_LAYOUTS = ("mlm_nsp", "mlm_sop")
 # What each seeded draw is for, so the draws never share a random stream.
 DRAW_ORDER, DRAW_SHIFT, DRAW_PAIRS = 0, 1, 2
 EVAL_SEED = 20240601  # evaluation draws NSP pairs the same way every time
@@ -140,9 +143,9 @@ class BatchBuilder:
 
     def __init__(self, stream: TokenStream, seq_len: int, kind: str, tokenizer: TextTokenizer,
                  whole_word: bool = False):
-        if kind not in KINDS:
-            raise PretrainerError(f"unknown batch kind {kind!r}; choose one of: {', '.join(KINDS)}")
-        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5}[kind]
+        if kind not in LAYOUTS:
+            raise PretrainerError(f"unknown batch layout {kind!r}; choose one of: {', '.join(LAYOUTS)}")
+        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5}[kind]
         if seq_len < min_len:
             raise PretrainerError(f"train.seq_len = {seq_len} is too short for {kind} (needs >= {min_len})")
         self.stream, self.seq_len, self.kind = stream, seq_len, kind
@@ -201,8 +204,11 @@ class BatchBuilder:
         types = np.zeros((size, self.seq_len), dtype=np.int64)
         attention = np.zeros((size, self.seq_len), dtype=bool)
         labels = np.zeros(size, dtype=np.int64)
+        swap = self.kind == "mlm_sop"
         for row, anchor in enumerate(anchors):
-            (a0, a1), (b0, b1), labels[row] = self._pair(int(anchor), rng)
+            (a0, a1), (b0, b1), labels[row] = self._pair(int(anchor), rng, consecutive=swap)
+            if swap and rng.random() < 0.5:  # sentence order: the same two spans, swapped
+                (a0, a1), (b0, b1), labels[row] = (b0, b1), (a0, a1), 1
             len_a, len_b = a1 - a0, b1 - b0
             n = len_a + len_b + 3
             ids[row, 0] = tok.cls_id
@@ -212,10 +218,13 @@ class BatchBuilder:
             ids[row, n - 1] = tok.sep_id
             types[row, len_a + 2:n] = 1
             attention[row, :n] = True
-        return self._finish(ids, attention, token_type_ids=types, next_sentence_label=labels)
+        label_name = "sentence_order_label" if swap else "next_sentence_label"
+        return self._finish(ids, attention, token_type_ids=types, **{label_name: labels})
 
-    def _pair(self, anchor: int, rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, int], int]:
-        """Token ranges of A and B, and the label (0 = B follows A, 1 = B is from another document)."""
+    def _pair(self, anchor: int, rng: np.random.Generator,
+              consecutive: bool = False) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """Token ranges of A and B, and the label (0 = B follows A, 1 = B is from another document);
+        `consecutive` asks for B following A always (a one-token document then gives an empty B)."""
         budget = self.seq_len - 3
         starts, ends, sentences = self.stream.doc_starts, self.doc_ends, self.sentence_starts
         doc = int(np.searchsorted(starts, anchor, side="right")) - 1
@@ -225,9 +234,9 @@ class BatchBuilder:
         region_end = min(a0 + budget, doc_end)
         if region_end - a0 < 2:  # A's sentence is the document's last token: reach back for room
             a0 = max(doc_start, region_end - budget)
-        want_random = rng.random() < 0.5
+        want_random = rng.random() < 0.5 and not consecutive
         if region_end - a0 < 2:  # a one-token document cannot hold both halves
-            split, want_random = region_end, True
+            split, want_random = region_end, not consecutive
         else:
             inside = sentences[np.searchsorted(sentences, a0, side="right"):
                                np.searchsorted(sentences, region_end, side="left")]
@@ -321,7 +330,7 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
         starts = np.arange(b * batch_size, min((b + 1) * batch_size, windows.count)) * windows.stride
         yield builder.build(starts, np.random.default_rng(seed_words(EVAL_SEED, b)))
         produced += 1
-    if limit is not None and produced >= limit or kind == "mlm_nsp":
+    if limit is not None and produced >= limit or kind in PAIR_LAYOUTS:
         return
     covered = windows.count * windows.stride + (1 if kind == "clm" and windows.count else 0)
     left = len(stream) - covered

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pretrainer.config import DataConfig, LabeledDataConfig
+from pretrainer.config import LabeledDataConfig
+from pretrainer.data.text_config import TextDataConfig
 from pretrainer.errors import PretrainerError
 
 _FORMAT_BY_EXTENSION = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -171,7 +172,7 @@ def _field_text(path, line: int, record: dict, name: str) -> str:
     raise PretrainerError(f"{path}:{line}: field {name!r} must be a string, got {json.dumps(value)[:40]}")
 
 
-def read_documents(path: str | os.PathLike, cfg: DataConfig, stats: ReadStats | None = None) -> Iterator[str]:
+def read_documents(path: str | os.PathLike, cfg: TextDataConfig, stats: ReadStats | None = None) -> Iterator[str]:
     """Stream the non-empty documents of one corpus file.
 
     Lines that are not valid UTF-8 raise, or with `cfg.on_bad_utf8 = "skip"` are skipped and

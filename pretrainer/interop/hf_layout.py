@@ -10,6 +10,7 @@ GPT2LMHeadModel); a base-model class (BertModel, GPT2Model) drops that prefix on
 from __future__ import annotations
 
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -246,6 +247,14 @@ class HFFamily:
     tagger_architecture: str | None  # for a TokenClassifier
     fresh_parts: dict[str, str]  # parts that may be missing on import -> how they are initialised
     pretraining_heads: tuple[str, ...] = ()  # objectives/heads.py heads an imported backbone is wrapped with
+    # What pre-training trains: the parts every such run trains, and those each head adds.
+    trained_with_backbone: frozenset = frozenset({"base"})
+    head_parts: dict[str, frozenset] = dataclasses.field(default_factory=dict)
+
+    def trained_parts(self, head_names) -> frozenset:
+        """The parts a pre-training run with these heads trained (a head with no Hugging Face
+        counterpart, like the sentence-order head, adds none)."""
+        return self.trained_with_backbone.union(*(self.head_parts.get(h, frozenset()) for h in head_names))
 
     def head_architecture(self, head: str) -> str | None:
         """The Hugging Face class for a "classifier" or a "tagger" of this family, if it has one."""
@@ -266,7 +275,8 @@ BERT = HFFamily(
                         "decoder tied to the word embeddings, bias zero",
                  "nsp": "NSP head: N(0, init_std) weights, zero bias",
                  "pooler": "pooler: N(0, init_std) weights, zero bias"},
-    pretraining_heads=("mlm_head", "nsp_head"))
+    pretraining_heads=("mlm_head", "nsp_head"),
+    head_parts={"mlm_head": frozenset({"mlm"}), "nsp_head": frozenset({"pooler", "nsp"})})
 
 GPT2 = HFFamily(
     model_type="gpt2", our_name="gpt", base_prefix="transformer.", base_architecture="GPT2Model",
@@ -276,11 +286,8 @@ GPT2 = HFFamily(
                    "GPT2ForTokenClassification": frozenset({"base", "classifier"})},
     # GPT2ForSequenceClassification scores the last token; our classifier pools, so it has no equivalent.
     classifier_architecture=None, tagger_architecture="GPT2ForTokenClassification",
-    fresh_parts={"lm_head": "untied LM head: N(0, init_std) weights"})
-
-# Which parts each pre-training objective trains; on export the other parts are left out by default.
-OBJECTIVE_PARTS = {"mlm": frozenset({"base", "mlm"}), "mlm_nsp": frozenset({"base", "pooler", "mlm", "nsp"}),
-                   "clm": frozenset({"base", "lm_head"})}
+    fresh_parts={"lm_head": "untied LM head: N(0, init_std) weights"},
+    trained_with_backbone=frozenset({"base", "lm_head"}))
 
 FAMILIES = {f.model_type: f for f in (BERT, GPT2)}  # config.json model_type -> family
 FAMILIES_BY_NAME = {f.our_name: f for f in (BERT, GPT2)}  # our model name -> family

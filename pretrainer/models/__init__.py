@@ -9,7 +9,8 @@ import dataclasses
 
 import torch.nn as nn
 
-from pretrainer.config import ModelConfig, from_dict
+from pretrainer.config import ModelConfig, from_dict, resolve_section
+from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
@@ -20,16 +21,16 @@ __all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", 
            "model_config_dict", "model_from_config_dict"]
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    """The registered model for `cfg.name`, with vocab_size = 0 taken from the tokenizer.
+def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
+    """The registered model for `cfg.name`, sized from the data's description (an int is a
+    vocabulary size, for text); a vocab_size of 0 in `cfg` takes the data's.
 
     `cfg` is not modified: the model's own `config` holds the resolved vocabulary size.
     A bare `ModelConfig` (only a name) gets that architecture's defaults.
     """
+    vocab_size = data if isinstance(data, int) else data.vocab_size
     cls = MODELS.get(cfg.name)
-    if not isinstance(cfg, cls.config_class):
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        cfg = cls.config_class(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in known})
+    cfg = resolve_section(ModelConfig, cfg)
     if cfg.vocab_size == 0:
         cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
     elif cfg.vocab_size < vocab_size:

@@ -39,10 +39,16 @@ class GPTConfig(ModelConfig):
     init_std: float = _field(0.02, "std of the normal weight initialisation")
     tie_embeddings: bool = _field(True, "the LM head reuses the token embedding matrix")
 
+    @classmethod
+    def tiny(cls) -> GPTConfig:
+        """2 layers, width 32, no dropout: the registry contract tests' size."""
+        return cls(n_layers=2, d_model=32, n_heads=2, max_len=64, dropout=0.0)
+
 
 @MODELS.register("gpt")
 class GPT(nn.Module):
     config_class = GPTConfig
+    causal = True  # each position sees only those before it
 
     def __init__(self, config: GPTConfig):
         super().__init__()

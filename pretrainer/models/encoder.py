@@ -45,6 +45,11 @@ class BertConfig(ModelConfig):
     layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon")
     init_std: float = _field(0.02, "std of the normal weight initialisation")
 
+    @classmethod
+    def tiny(cls) -> BertConfig:
+        """2 layers, width 32, no dropout: the registry contract tests' size."""
+        return cls(n_layers=2, d_model=32, n_heads=2, max_len=64, dropout=0.0, attn_dropout=0.0)
+
 
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
@@ -71,6 +76,7 @@ class BertEmbeddings(nn.Module):
 @MODELS.register("bert")
 class BertModel(nn.Module):
     config_class = BertConfig
+    causal = False  # every position sees the whole sequence
 
     def __init__(self, config: BertConfig):
         super().__init__()

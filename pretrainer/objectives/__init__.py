@@ -1,6 +1,6 @@
 """Training objectives: each owns its masking, targets and loss; models only return features.
 
-`objective = OBJECTIVES.get(name)(cfg.objective, tokenizer)`;
+`objective = OBJECTIVES.get(name)(cfg.objective, data_info)` (see base.py);
 `objective(model, batch) -> {"loss": scalar, <metrics>: detached tensors, "n_tokens": int}`;
 `objective.evaluate(model, batches) -> dict of floats`.
 Importing this package registers the built-in objectives.
@@ -10,5 +10,6 @@ from pretrainer.objectives.classification import ClassificationObjective
 from pretrainer.objectives.clm import CausalLM
 from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
+from pretrainer.objectives.sop import MaskedLMWithSOP
 
-__all__ = ["CausalLM", "ClassificationObjective", "MaskedLM", "MaskedLMWithNSP"]
+__all__ = ["CausalLM", "ClassificationObjective", "MaskedLM", "MaskedLMWithNSP", "MaskedLMWithSOP"]

@@ -21,7 +21,7 @@ from pretrainer.registry import OBJECTIVES
 
 @OBJECTIVES.register("classification")
 class ClassificationObjective:
-    batch_kind = "classification"
+    batch_layout = "classification"
 
     def __init__(self, num_labels: int, tokenizer=None):
         if isinstance(num_labels, bool) or not isinstance(num_labels, int):

@@ -7,8 +7,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX
+from pretrainer.objectives.base import PretrainingObjective
 from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.objectives.linear_ce import linear_cross_entropy
 from pretrainer.objectives.mlm import evaluation_batches, perplexity
@@ -16,12 +16,17 @@ from pretrainer.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("clm")
-class CausalLM:
-    batch_kind = "clm"
+class CausalLM(PretrainingObjective):
+    batch_layout = "clm"
     extra_positions = 1  # the batch holds seq_len + 1 tokens: inputs and shifted targets
 
-    def __init__(self, cfg: ObjectiveConfig, tokenizer=None):
-        self.cfg = cfg  # nothing in ObjectiveConfig applies; kept for a uniform constructor
+    def check_backbone(self, backbone: nn.Module) -> str | None:
+        if not getattr(backbone, "causal", False):
+            return ("causal LM needs a model that cannot see the next token; a bidirectional encoder "
+                    "would read its own target (use a decoder, model.name = \"gpt\")")
+        if not hasattr(backbone, "lm_projection"):
+            return "causal LM needs a model with its own LM head"
+        return None
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """A decoder carries its own (tied) LM head, which generation needs too: no heads to add."""

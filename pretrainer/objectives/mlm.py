@@ -12,6 +12,8 @@ from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX, mask_tokens
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import freeze_pooler
+from pretrainer.data_info import DataInfo
+from pretrainer.objectives.base import PretrainingObjective
 from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
 from pretrainer.objectives.linear_ce import linear_cross_entropy
 from pretrainer.registry import OBJECTIVES
@@ -50,18 +52,23 @@ def perplexity(loss: float) -> float:
 
 
 @OBJECTIVES.register("mlm")
-class MaskedLM:
-    batch_kind = "mlm"  # the batch layout the loader builds for this objective
-    extra_positions = 0  # positions a sequence needs beyond train.seq_len
+class MaskedLM(PretrainingObjective):
+    batch_layout = "mlm"  # the batch layout the loader builds for this objective
 
-    def __init__(self, cfg: ObjectiveConfig, tokenizer):
-        if getattr(tokenizer, "mask_id", None) is None:
+    def __init__(self, cfg: ObjectiveConfig, data: DataInfo):
+        super().__init__(cfg, data)
+        if getattr(data, "mask_id", None) is None:
             raise PretrainerError(f"objective.name = {cfg.name!r} needs a tokenizer with a [MASK] token; "
                                   f"use tokenizer.kind = \"wordpiece\" (byte-BPE has none)")
-        self.cfg = cfg
-        self.mask_id = tokenizer.mask_id
-        self.vocab_size = tokenizer.vocab_size
-        self.special_ids = list(getattr(tokenizer, "special_ids", None) or [])
+        self.layout_options = {"whole_word": cfg.whole_word}  # the batches then carry word_starts
+        self.mask_id = data.mask_id
+        self.vocab_size = data.vocab_size
+        self.special_ids = list(getattr(data, "special_ids", None) or [])
+
+    def check_backbone(self, backbone: nn.Module) -> str | None:
+        if getattr(backbone, "causal", False):
+            return "masked LM predicts a token from both sides; a causal decoder sees only its left (use clm)"
+        return None
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """The backbone with an MLM head (decoder tied to the word embeddings)."""

@@ -20,7 +20,7 @@ from pretrainer.objectives.mlm import evaluation_batches
 
 
 class TokenClassificationObjective:
-    batch_kind = "tokens"
+    batch_layout = "tokens"
 
     def __init__(self, label_names: Sequence[str]):
         self.label_names = list(label_names)

@@ -3,13 +3,14 @@ import json
 
 import pytest
 
-from pretrainer.config import DataConfig, LabeledDataConfig
+from pretrainer.config import LabeledDataConfig
+from pretrainer.data.text_config import TextDataConfig
 from pretrainer.data.readers import ReadStats, read_documents, read_labeled
 from pretrainer.errors import PretrainerError
 
 
 def docs(path, **cfg):
-    return list(read_documents(path, DataConfig(**cfg)))
+    return list(read_documents(path, TextDataConfig(**cfg)))
 
 
 def one_line_error(call, *parts):
@@ -78,7 +79,7 @@ def test_bad_utf8_skip_counts_lines(tmp_path):
     path = tmp_path / "bad.jsonl.gz"
     path.write_bytes(gzip.compress(b'{"text": "a"}\n{"text": "\xff"}\n{"text": "b"}\n{"text": "\xc3"}\n'))
     stats = ReadStats()
-    assert list(read_documents(path, DataConfig(on_bad_utf8="skip"), stats)) == ["a", "b"]
+    assert list(read_documents(path, TextDataConfig(on_bad_utf8="skip"), stats)) == ["a", "b"]
     assert stats.bad_utf8_lines == 2
 
 
@@ -121,7 +122,7 @@ def test_corrupt_gzip(tmp_path):
 def test_reading_streams_lazily(tmp_path):
     path = tmp_path / "c.txt"
     path.write_bytes(b"fine\n" + b"\xff\n")
-    it = read_documents(path, DataConfig())
+    it = read_documents(path, TextDataConfig())
     assert next(it) == "fine"  # the bad line further down is not touched yet
     with pytest.raises(PretrainerError):
         next(it)

@@ -16,7 +16,9 @@ from pretrainer.data.tokenizer import train_tokenizer  # noqa: E402
 from pretrainer.errors import PretrainerError  # noqa: E402
 from pretrainer.models import BertModel, SequenceClassifier, TokenClassifier, build_model  # noqa: E402
 from pretrainer.objectives.heads import PretrainingModel, pretraining_model  # noqa: E402
+from pretrainer.registry import OBJECTIVES  # noqa: E402
 from pretrainer.runs import module_spec  # noqa: E402
+from pretrainer.data.text import text_info  # noqa: E402
 from pretrainer.interop.hf_import import import_hf, import_to_run_dir, load_pretrained  # noqa: E402
 from pretrainer.interop.hf_export import export_hf, save_hf  # noqa: E402
 from pretrainer.interop.hf_layout import BERT  # noqa: E402
@@ -264,11 +266,15 @@ def test_export_bert_run(tiny_config, wordpiece, tmp_path):
 
 
 @pytest.mark.parametrize("objective,architecture,auto_class", [
-    ("mlm", "BertForMaskedLM", "AutoModelForMaskedLM"), ("mlm_nsp", "BertForPreTraining", "AutoModelForPreTraining")])
+    ("mlm", "BertForMaskedLM", "AutoModelForMaskedLM"), ("mlm_nsp", "BertForPreTraining", "AutoModelForPreTraining"),
+    ("mlm_sop", "BertForMaskedLM", "AutoModelForMaskedLM")])  # Hugging Face BERT has no sentence-order head
 def test_export_ships_the_heads_the_run_trained(objective, architecture, auto_class, tiny_config, wordpiece,
                                                 tmp_path):
-    run = write_run(tmp_path / "run", tiny_bert(tiny_config, wordpiece), wordpiece)
-    save_config(Config(objective=ObjectiveConfig(name=objective)), run / "config.toml")
+    """The heads the objective built (and trained) decide the class; untrained ones stay home."""
+    cfg = ObjectiveConfig(name=objective)
+    module = OBJECTIVES.get(objective)(cfg, text_info(wordpiece)).build(tiny_bert(tiny_config, wordpiece).backbone)
+    run = write_run(tmp_path / "run", module, wordpiece)
+    save_config(Config(objective=cfg), run / "config.toml")
     out = export_hf(run, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
     _, report = hf_load(getattr(transformers, auto_class), out)

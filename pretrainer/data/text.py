@@ -1,0 +1,95 @@
+"""The text data module (`[data] name = "text"`): a corpus of documents, a tokenizer trained
+or loaded for it, packed into cached token shards; batches in the layouts objectives name."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from pretrainer.config import Config, DataConfig, resolve_section
+from pretrainer.data_info import DataInfo
+from pretrainer.data.loader import LAYOUTS, PackedLMLoader, eval_batches
+from pretrainer.data.shards import PreparedCorpus, prepare_corpus
+from pretrainer.data.text_config import TextDataConfig
+from pretrainer.data.tokenizer import TextTokenizer, tokenizer_file
+from pretrainer.errors import PretrainerError
+from pretrainer.registry import DATA
+
+
+def text_info(tokenizer: TextTokenizer) -> DataInfo:
+    """The description of text read through `tokenizer`."""
+    return DataInfo(modality="text", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                    cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id,
+                    bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, special_ids=tuple(tokenizer.special_ids),
+                    tokenizer_kind=tokenizer.kind)
+
+
+@DATA.register("text")
+class TextData:
+    """Read, tokenize and pack a text corpus once (cached by content); describe it; cut batches.
+
+    `layouts` are the batch layouts it can build (data/loader.py); an objective names one as
+    its `batch_layout`, and options it needs (e.g. whole-word masking) as `layout_options`.
+    """
+
+    config_class = TextDataConfig
+    layouts = LAYOUTS
+
+    def __init__(self, cfg: Config):
+        self.cfg = dataclasses.replace(cfg, data=resolve_section(DataConfig, cfg.data))
+        self.corpus: PreparedCorpus | None = None
+
+    @staticmethod
+    def inherit(cfg: Config, folder: str | Path) -> Config:
+        """`cfg` reading text the way the model in `folder` (a run or Hugging Face folder) was
+        trained to: with its tokenizer, unless tokenizer.path names one already."""
+        if cfg.tokenizer.path:
+            return cfg
+        return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tokenizer_file(folder))))
+
+    def prepare(self, log: Callable[[str], None] = print) -> TextData:
+        self.corpus = prepare_corpus(self.cfg, log=log)
+        return self
+
+    @property
+    def prepared(self) -> PreparedCorpus:
+        if self.corpus is None:
+            raise RuntimeError("call prepare() first")
+        return self.corpus
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        return self.prepared.tokenizer
+
+    @property
+    def info(self) -> DataInfo:
+        return text_info(self.tokenizer)
+
+    def summary(self) -> str:
+        corpus = self.prepared
+        return (f"prepared {corpus.meta.get('documents', '?')} documents, {len(corpus.train.tokens):,} train / "
+                f"{len(corpus.eval.tokens):,} held-out tokens, vocab {corpus.tokenizer.vocab_size:,} "
+                f"-> {corpus.cache_dir}")
+
+    def check_layout(self, layout: str, objective: str) -> None:
+        if layout not in self.layouts:
+            raise PretrainerError(f"objective {objective!r} needs {layout!r} batches, which data.name = "
+                                  f"\"text\" cannot build (it builds: {', '.join(self.layouts)})")
+
+    def train_batches(self, layout: str, batch_size: int, seq_len: int, *, seed: int, rank: int = 0,
+                      world_size: int = 1, **options) -> PackedLMLoader:
+        """Infinite, resumable, rank-aware batches (state_dict / load_state_dict)."""
+        return PackedLMLoader(self.prepared.train, batch_size, seq_len, layout, self.tokenizer, seed=seed,
+                              rank=rank, world_size=world_size, whole_word=options.get("whole_word", False))
+
+    def eval_batches(self, layout: str, batch_size: int, seq_len: int, max_batches: int = 0,
+                     **options) -> Iterator[dict[str, torch.Tensor]]:
+        """Held-out batches, the same every time."""
+        return eval_batches(self.prepared.eval, batch_size, seq_len, layout, self.tokenizer, max_batches=max_batches)
+
+    def save(self, run_dir: str | Path) -> None:
+        """What a run needs to read new data the same way: its tokenizer.json."""
+        self.tokenizer.save(Path(run_dir))

@@ -1,0 +1,47 @@
+"""What a pre-training objective is to the rest of pretrainer.
+
+An objective is built from its config and the data's description
+(`OBJECTIVES.get(name)(cfg.objective, data_info)`), and then:
+- names the batches it needs (`batch_layout`, plus `layout_options` such as whole-word
+  starts), which the data module builds;
+- builds what is trained around a backbone (`build(backbone)` -> backbone + its heads);
+- computes `objective(module, batch) -> {"loss", <metrics>, "n_tokens"}` on that module;
+- evaluates it on held-out batches without keeping logits (`evaluate(module, batches)`).
+A new objective is a subclass in its own file, registered with `@OBJECTIVES.register(name)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from pretrainer.config import ObjectiveConfig
+from pretrainer.data_info import DataInfo
+from pretrainer.objectives.heads import PretrainingModel
+
+
+class PretrainingObjective:
+    batch_layout: str = ""  # a layout the data module builds (data/loader.py LAYOUTS for text)
+    extra_positions = 0  # positions a sequence needs beyond train.seq_len
+
+    def __init__(self, cfg: ObjectiveConfig, data: DataInfo | None = None):
+        self.cfg = cfg
+        self.data = data
+        self.layout_options: dict[str, Any] = {}
+
+    def check_backbone(self, backbone: nn.Module) -> str | None:
+        """Why this objective cannot train `backbone`, or None when it can."""
+        return None
+
+    def build(self, backbone: nn.Module) -> PretrainingModel:
+        """The module `fit` trains and checkpoints: the backbone and this objective's heads."""
+        return PretrainingModel(backbone, {})
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        raise NotImplementedError

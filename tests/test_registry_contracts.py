@@ -1,0 +1,228 @@
+"""The contract every registered model, pre-training objective and data module keeps, checked
+the same way for each. A new component gets these tests by registering; nothing here names one.
+(Transfer methods have theirs in tests/transfer/test_method_contract.py.)
+"""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from pretrainer import api
+from pretrainer.config import load_config
+from pretrainer.io import read_model_state, save_weights
+from pretrainer.models import build_model
+from pretrainer.objectives.base import PretrainingObjective
+from pretrainer.registry import DATA, MODELS, OBJECTIVES
+from pretrainer.runs import load_run, write_run_header
+
+QUIET = dict(log=lambda *_: None)
+WORDS = "the a cat dog bird sat ran flew on under over mat log tree quickly slowly".split()
+B, T = 4, 24
+
+
+def corpus_lines(n_docs: int = 60, seed: int = 0) -> list[str]:
+    """Documents of a few short sentences with a little grammar, so there is something to learn."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = [f"{rng.choice(WORDS[:2])} {rng.choice(WORDS[2:5])} {rng.choice(WORDS[5:8])} "
+                     f"{rng.choice(WORDS[8:11])} the {rng.choice(WORDS[11:14])} ." for _ in range(rng.randint(2, 4))]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def config_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contracts")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+    return {"data": {"train": [str(corpus)], "cache_dir": str(root / "cache"), "holdout": 0.1},
+            "tokenizer": {"vocab_size": 80, "min_frequency": 1},
+            "train": {"batch_size": B, "seq_len": T, "log_every": 1, "eval_every": 0, "eval_batches": 2,
+                      "warmup": 0.0, "lr": 3e-3},
+            "impl": {"threads": 1, "deterministic": True, "progress": False}}
+
+
+def make_config(config_data, **sections):
+    data = {k: dict(v) for k, v in config_data.items()}
+    for key, value in sections.items():
+        section, name = key.split("__")
+        data.setdefault(section, {})[name] = value
+    return load_config(base=data)
+
+
+@pytest.fixture(scope="module")
+def prepared(config_data):
+    """Every registered data module, prepared on the tiny corpus."""
+    return {name: DATA.get(name)(make_config(config_data, data__name=name)).prepare(**QUIET) for name in DATA.names()}
+
+
+def tiny_model(name: str, info):
+    torch.manual_seed(0)
+    return build_model(MODELS.get(name).config_class.tiny(), info)
+
+
+def pretraining_objectives() -> list[str]:
+    return [n for n in OBJECTIVES.names() if issubclass(OBJECTIVES.get(n), PretrainingObjective)]
+
+
+def objective_cases(info) -> list[tuple[str, str]]:
+    cases = []
+    for objective in pretraining_objectives():
+        built = OBJECTIVES.get(objective)(load_config().objective, info)
+        cases += [(objective, m) for m in MODELS.names() if built.check_backbone(tiny_model(m, info)) is None]
+    return cases
+
+
+def _text_info(config_data):
+    return DATA.get("text")(make_config(config_data)).prepare(**QUIET).info
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_contract(name, prepared, tmp_path):
+    data = prepared["text"]
+    model = tiny_model(name, data.info).eval()
+    ids = torch.randint(len(data.info.special_ids), data.info.vocab_size, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, T - 5:] = False
+    hidden = model(ids, mask)
+    assert hidden.shape == (B, T, model.d_model) and torch.isfinite(hidden).all()
+    for pooling in ("cls", "mean"):
+        assert model.pooled(hidden, mask, pooling).shape == (B, model.d_model)
+    # Depth for layer-wise rules: embeddings at 0, blocks strictly above, nothing beyond the top + 1.
+    depths = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert min(depths.values()) == 0 and max(depths.values()) <= model.n_layers + 1
+    assert len(set(depths.values())) >= model.n_layers + 1
+    # param_groups place every trainable parameter exactly once.
+    grouped = [id(p) for g in model.param_groups(0.01) for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    # save -> load gives the same outputs
+    write_run_header(tmp_path, None, model, data)
+    save_weights(model, tmp_path / "model.safetensors")
+    loaded, _ = load_run(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids, mask), hidden, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def test_every_pretraining_objective_trains_some_registered_model(config_data):
+    info = _text_info(config_data)
+    trained = {objective for objective, _ in objective_cases(info)}
+    assert trained == set(pretraining_objectives())
+
+
+def _cases():
+    # Collected at import: the pairs depend only on the registries and the tiny configs.
+    from pretrainer.data_info import DataInfo
+
+    info = DataInfo(modality="text", vocab_size=80, pad_id=0, cls_id=2, sep_id=3, mask_id=4, special_ids=(0, 2, 3, 4))
+    return objective_cases(info)
+
+
+@pytest.mark.parametrize("objective,model_name", _cases())
+def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, config_data):
+    data = prepared["text"]
+    cfg = make_config(config_data, objective__name=objective)
+    built = OBJECTIVES.get(objective)(cfg.objective, data.info)
+    module = built.build(tiny_model(model_name, data.info)).train()
+    batches = data.train_batches(built.batch_layout, B, T, seed=0, **built.layout_options)
+    optimizer = torch.optim.AdamW(module.param_groups(0.0), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(40):
+        out = built(module, next(batches))
+        assert torch.isfinite(out["loss"]) and isinstance(out["n_tokens"], int)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        # every trainable parameter gets a gradient (DDP runs without find_unused_parameters)
+        assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+        optimizer.step()
+        losses.append(out["loss"].detach().item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    metrics = built.evaluate(module, data.eval_batches(built.batch_layout, B, T, max_batches=2, **built.layout_options))
+    assert metrics and all(isinstance(v, float) and v == v for v in metrics.values())
+
+
+class CrashAfter:
+    """A loader that dies after `n` batches, as a killed process would (no checkpoint on the way out)."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.left = loader, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.left == 0:
+            raise RuntimeError("killed (simulated)")
+        self.left -= 1
+        return next(self.loader)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+
+@pytest.mark.parametrize("objective,model_name", _cases())
+def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, prepared, config_data, tmp_path,
+                                                       monkeypatch):
+    def cfg_for(run_dir):
+        return make_config(config_data, objective__name=objective, model__name=model_name, run__dir=str(run_dir),
+                           train__max_steps=6, train__save_every=2)
+
+    whole = api.pretrain(cfg_for(tmp_path / "whole"), **QUIET)
+    assert whole.step == 6
+    text = DATA.get("text")
+    real = text.train_batches
+    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: CrashAfter(real(self, *a, **k), 5))
+    with pytest.raises(RuntimeError, match="simulated"):
+        api.pretrain(cfg_for(tmp_path / "killed"), **QUIET)
+    monkeypatch.undo()
+    api.pretrain(cfg_for(tmp_path / "killed"), resume=True, **QUIET)
+    a = read_model_state(tmp_path / "whole" / "model.safetensors")
+    b = read_model_state(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not exact"
+    # The run loads as the objective's module, with its heads, and evaluates the same twice.
+    module, _ = load_run(tmp_path / "whole")
+    info = prepared["text"].info
+    built = OBJECTIVES.get(objective)(cfg_for(tmp_path).objective, info).build(tiny_model(model_name, info))
+    assert module.head_names == built.head_names
+    evaluated = api.evaluate(cfg_for(tmp_path / "whole"), **QUIET)
+    assert evaluated and evaluated == api.evaluate(cfg_for(tmp_path / "whole"), **QUIET)
+
+
+# ---------------------------------------------------------------- data modules
+
+
+@pytest.mark.parametrize("name", DATA.names())
+def test_data_module_contract(name, prepared, config_data, tmp_path):
+    data = prepared[name]
+    info = data.info
+    assert info.modality and (info.vocab_size > 0 or info.image_size > 0)
+    for layout in data.layouts:
+        loader = data.train_batches(layout, B, T, seed=3)
+        first = [next(loader) for _ in range(3)]
+        assert all(isinstance(v, torch.Tensor) and len(v) == B for batch in first for v in batch.values())
+        state = loader.state_dict()
+        expected = next(loader)
+        again = data.train_batches(layout, B, T, seed=3)
+        again.load_state_dict(state)
+        got = next(again)
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), layout
+        one = list(data.eval_batches(layout, B, T, max_batches=2))
+        two = list(data.eval_batches(layout, B, T, max_batches=2))
+        assert one and all(torch.equal(x[k], y[k]) for x, y in zip(one, two) for k in x)
+    # A run saves what it needs to read new data the same way.
+    data.save(tmp_path)
+    cfg = make_config(config_data, data__name=name)
+    inherited = DATA.get(name).inherit(dataclasses.replace(cfg), tmp_path)
+    assert DATA.get(name)(inherited).prepare(**QUIET).info == info
