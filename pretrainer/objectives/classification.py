@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
+from pretrainer.evaluation.metrics import accuracy, macro_f1
 from pretrainer.objectives.mlm import evaluation_batches
 from pretrainer.registry import OBJECTIVES
 
@@ -40,8 +41,6 @@ class ClassificationObjective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
         """-> {"loss", "accuracy", "macro_f1"}; keeps only predicted ids, never logits."""
-        from pretrainer.evaluation.metrics import accuracy, macro_f1
-
         preds, labels = [], []
         loss_sum = 0.0
         for batch in evaluation_batches(model, batches):

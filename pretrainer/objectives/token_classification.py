@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrainer.data.collators import IGNORE_INDEX
+from pretrainer.evaluation.entities import entity_scores
 from pretrainer.objectives.mlm import evaluation_batches
 
 
@@ -47,8 +48,6 @@ class TokenClassificationObjective:
         log-likelihood divided by their number of labeled words). "macro_f1" repeats the entity F1 so code
         written for classification results (the label-efficiency curve) reads NER results too.
         """
-        from pretrainer.evaluation.entities import entity_scores
-
         gold, predicted = [], []
         loss_sum, n_labeled = 0.0, 0
         for batch in evaluation_batches(model, batches):
