@@ -83,6 +83,8 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         fresh = adopt_heads(model, init_model)
         if fresh:
             log(f"initialised {', '.join(fresh)} (not in {source})")
+    elif not resume:
+        objective.initialise(model, data)
     _check_fits(cfg, objective, model)
 
     if info.is_main:

@@ -76,6 +76,10 @@ class ObjectiveConfig:
     mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]")
     random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token")
     whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together")
+    mask_rate_end: float = _field(0.0, "MLM: when > 0, the mask rate moves linearly from mask_rate to this "
+                                       "over training (e.g. 0.3 -> 0.15: more signal early, less corruption late)")
+    unigram_bias: bool = _field(False, "MLM: start the MLM head's output bias at the corpus' log unigram "
+                                       "frequencies, so training does not spend its first steps learning them")
     nsp_weight: float = _field(1.0, "MLM+NSP / MLM+SOP: weight of the sentence-pair (next-sentence or "
                                             "sentence-order) loss")
 
@@ -194,6 +198,8 @@ class FinetuneConfig:
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
                                   "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
     classifier_dropout: float = _field(0.1, "dropout before the classification head")
+    dropout: float = _field(-1.0, "dropout inside the backbone while fine-tuning (-1 = the checkpoint's own "
+                                  "config; set it, e.g. 0.1, for a backbone pre-trained with dropout off)")
     case_features: bool = _field(False, "task tokens: add a learned word-shape vector (lower, Title, UPPER, "
                                         "...) to each word's embedding, the capitalisation an uncased "
                                         "tokenizer drops")

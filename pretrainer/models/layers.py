@@ -135,3 +135,13 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> to
         return hidden.mean(dim=1)
     w = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Every dropout inside `module` (sublayer outputs and attention probabilities) set to `p`:
+    fine-tuning may want dropout back in a backbone pre-trained without it."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, SelfAttention):
+            m.attn_dropout = p

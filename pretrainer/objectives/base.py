@@ -35,6 +35,14 @@ class PretrainingObjective:
         """Why this objective cannot train `backbone`, or None when it can."""
         return None
 
+    def set_progress(self, fraction: float) -> None:
+        """Told by `fit` before each step how much of training is done, in [0, 1] (for schedules
+        an objective runs itself, e.g. a decreasing mask rate)."""
+
+    def initialise(self, module: PretrainingModel, data) -> None:
+        """Initialise fresh heads from the prepared data module (called once, before training
+        from scratch; never on resume or on heads a checkpoint brought)."""
+
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """The module `fit` trains and checkpoints: the backbone and this objective's heads."""
         return PretrainingModel(backbone, {})

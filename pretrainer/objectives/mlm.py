@@ -64,6 +64,21 @@ class MaskedLM(PretrainingObjective):
         self.mask_id = data.mask_id
         self.vocab_size = data.vocab_size
         self.special_ids = list(getattr(data, "special_ids", None) or [])
+        self.mask_rate = cfg.mask_rate
+
+    def set_progress(self, fraction: float) -> None:
+        end = self.cfg.mask_rate_end
+        if end > 0:
+            self.mask_rate = self.cfg.mask_rate + (end - self.cfg.mask_rate) * fraction
+
+    def initialise(self, module: PretrainingModel, data) -> None:
+        if self.cfg.unigram_bias and "mlm_head" in module.head_names:
+            counts = torch.as_tensor(data.token_counts(), dtype=torch.float64)
+            counts[self.special_ids] = 0  # never a target
+            # add-one smoothing: a piece the corpus never shows still gets a finite, low logit
+            log_freq = torch.log((counts + 1) / (counts + 1).sum())
+            with torch.no_grad():
+                module.mlm_head.bias.copy_(log_freq.to(module.mlm_head.bias.dtype))
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
         if getattr(backbone, "causal", False):
@@ -82,7 +97,7 @@ class MaskedLM(PretrainingObjective):
                 raise ValueError("objective.whole_word is set but the batch has no word_starts")
             word_starts = batch["word_starts"]
         return mask_tokens(batch["input_ids"], batch["special_tokens_mask"], mask_id=self.mask_id,
-                           vocab_size=self.vocab_size, mask_rate=self.cfg.mask_rate,
+                           vocab_size=self.vocab_size, mask_rate=self.mask_rate,
                            mask_token_rate=self.cfg.mask_token_rate,
                            random_token_rate=self.cfg.random_token_rate, word_starts=word_starts,
                            generator=generator, special_ids=self.special_ids)
@@ -116,8 +131,21 @@ class MaskedLM(PretrainingObjective):
         return {"loss": loss, "mlm_acc": (n_correct.float() / max(n, 1)).detach(),
                 "n_tokens": batch["input_ids"].numel()}
 
+    @property
+    def eval_mask_rate(self) -> float:
+        """Held-out batches are always masked at the schedule's final rate, so evaluations
+        compare across steps (and with constant-rate runs at that rate)."""
+        return self.cfg.mask_rate_end if self.cfg.mask_rate_end > 0 else self.cfg.mask_rate
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        training_rate, self.mask_rate = self.mask_rate, self.eval_mask_rate
+        try:
+            return self._evaluate(model, batches)
+        finally:
+            self.mask_rate = training_rate
+
+    def _evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
         loss_sum = correct = 0.0
         count = 0
         for batch, generator in seeded_evaluation_batches(model, batches):

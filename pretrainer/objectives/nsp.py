@@ -55,8 +55,7 @@ class MaskedLMWithNSP(MaskedLM):
                 f"{pair}_acc": (nsp_correct.float() / len(batch[self.pair_label])).detach(),
                 "n_tokens": batch["input_ids"].numel()}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+    def _evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
         mlm_sum = mlm_correct = nsp_sum = nsp_correct = 0.0
         n_masked = n_pairs = 0
         for batch, generator in seeded_evaluation_batches(model, batches):

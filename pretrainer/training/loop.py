@@ -214,6 +214,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     progress = Progress(total_steps=total_steps, budget_s=budget_s, start_step=step, enabled=main,
                         bar=impl_cfg.progress, log_every=train_cfg.log_every, log=log)
     eval_history: list[dict] = []
+    set_progress = getattr(objective, "set_progress", None)
     last_train: dict = {}
     last_eval_step = last_saved_step = step if resume else None
     window = _Window()
@@ -266,6 +267,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                 if schedule.by_time:
                     share_lrs(optimizer)
                 lr = schedule.get_lr()
+                if set_progress is not None:
+                    set_progress(schedule.progress())  # objectives' own schedules (mask rate)
                 t0 = clock()
                 metrics = train_step(run_model, objective, train_batches, optimizer, train_cfg.accum,
                                      autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device)

@@ -9,12 +9,21 @@ from pretrainer.config import Config
 from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.models import build_model
+from pretrainer.models.layers import set_dropout
 from pretrainer.interop.hf_import import load_pretrained
 from pretrainer.registry import TRANSFER_METHODS
 
 
 def load_backbone(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
-    """The backbone and tokenizer to fine-tune, and a short description of where they came from."""
+    """The backbone and tokenizer to fine-tune, and a short description of where they came from;
+    `finetune.dropout` (when >= 0) replaces the backbone's own dropout rates."""
+    backbone, tokenizer, source = _load(cfg)
+    if cfg.finetune.dropout >= 0:
+        set_dropout(backbone, cfg.finetune.dropout)
+    return backbone, tokenizer, source
+
+
+def _load(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
     ft = cfg.finetune
     if ft.init:
         loaded, tokenizer, _ = load_pretrained(ft.init)

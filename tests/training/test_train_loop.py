@@ -150,3 +150,19 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
     _assert_same(_weights(tmp_path / "straight"), _weights(tmp_path / "killed"))
+
+
+class ProgressObjective(ToyObjective):
+    """Records what fit tells it of training progress before each step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def set_progress(self, fraction):
+        self.seen.append(fraction)
+
+
+def test_fit_tells_the_objective_its_progress(tmp_path):
+    objective = ProgressObjective()
+    _run(tmp_path, objective=objective, max_steps=4)
+    assert objective.seen == pytest.approx([0.25, 0.5, 0.75, 1.0])  # the coming step counted, as the lr is
