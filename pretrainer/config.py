@@ -229,6 +229,17 @@ class CurveConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`pretrainer compare`: pre-training variants at equal budget, then one label-efficiency curve."""
+
+    variants: list[str] = _field([], "pre-training recipes to compare: config files, each pre-trained on its own "
+                                     "[data] / [model] / [objective] (their [finetune] and [curve] are not used)")
+    budget: str = _field("", "every variant pre-trains for this wall-clock budget, e.g. '30m' (overrides theirs)")
+    max_steps: int = _field(0, "or for this many steps (equal compute whatever the machine's load; 0 = theirs)")
+    dir: str = _field("", "output directory (default: <run.dir>/compare)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=lambda: default_section(DataConfig))
@@ -239,6 +250,7 @@ class Config:
     impl: ImplConfig = field(default_factory=ImplConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # ---------------------------------------------------------------- loading

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command("finetune", "fine-tune on a labeled task (the [finetune] section)", resume=True)(sub)
     _config_command("curve", "label-efficiency: fine-tune pre-trained vs scratch (and more) over label "
                              "fractions and seeds")(sub)
+    _config_command("compare", "pre-training recipes at equal budget, each then fine-tuned through curve against "
+                               "one scratch baseline (the [compare] section)")(sub)
     e = _config_command("evaluate", "evaluate a pre-training run on held-out text, or (--finetuned) a fine-tuned "
                                     "model on labeled files")(sub)
     e.add_argument("--finetuned", action="store_true",
@@ -134,6 +136,10 @@ def _run(args, overrides: list[str]) -> int:
         from pretrainer.transfer.finetune import finetune
 
         finetune(cfg, resume=args.resume)
+    elif args.command == "compare":
+        from pretrainer.compare import compare
+
+        compare(cfg)
     elif args.command == "curve":
         from pretrainer.transfer.curve import curve
 

@@ -55,15 +55,18 @@ def label_amount(fraction: float) -> dict:
     return {"label_fraction": fraction, "n_labels": 0}
 
 
-def curve(cfg: Config, log=print) -> list[dict]:
-    """Runs every (start, fraction, seed); returns the summary rows (mean ± std over seeds)."""
+def curve(cfg: Config, log=print, starts: dict[str, dict] | None = None) -> list[dict]:
+    """Runs every (start, fraction, seed); returns the summary rows (mean ± std over seeds).
+
+    `starts` (name -> finetune changes, as `curve_starts` gives) replaces the starts the config
+    names, for callers comparing starts of their own (`pretrainer compare`)."""
     # report.py imports matplotlib: only a curve needs it.
     from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
 
     out = Path(cfg.curve.dir or Path(cfg.run.dir) / "curve")
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for name, changes in curve_starts(cfg).items():
+    for name, changes in (starts or curve_starts(cfg)).items():
         scratch = changes["from_scratch"] and cfg.curve.scratch_fractions
         for fraction in cfg.curve.scratch_fractions if scratch else cfg.curve.fractions:
             for seed in cfg.curve.seeds:
