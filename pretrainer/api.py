@@ -49,7 +49,7 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
 
 def _pretrain(cfg: Config, resume: bool, log, info):
     """One path for every objective: data module -> description -> backbone -> the objective's
-    module (backbone + heads) -> batches in the layout the objective names -> fit."""
+    module (backbone + heads) -> the batches the objective asks the data module for -> fit."""
     run_dir = Path(cfg.run.dir)
     if not resume and (run_dir / "checkpoints" / "latest").exists():
         raise PretrainerError(f"{run_dir} already holds a run; pass --resume to continue it "
@@ -70,7 +70,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         barrier()
 
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
-    data.check_layout(objective.batch_layout, cfg.objective.name)
+    objective.check_data(data)
     torch.manual_seed(cfg.run.seed)
     backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
                 else build_model(cfg.model, data.info))
@@ -90,14 +90,13 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     if info.is_main:
         write_run_header(run_dir, cfg, model, data)
 
-    layout, options = objective.batch_layout, objective.layout_options
     # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
-    batches = data.train_batches(layout, cfg.train.batch_size, cfg.train.seq_len, seed=cfg.run.seed,
-                                 rank=info.rank, world_size=info.world_size, **options)
+    batches = objective.train_batches(data, cfg.train.batch_size, cfg.train.seq_len, seed=cfg.run.seed,
+                                      rank=info.rank, world_size=info.world_size)
 
     def evaluate_heldout(m):
-        return objective.evaluate(m, data.eval_batches(layout, cfg.train.batch_size, cfg.train.seq_len,
-                                                       max_batches=cfg.train.eval_batches, **options))
+        return objective.evaluate(m, objective.eval_batches(data, cfg.train.batch_size, cfg.train.seq_len,
+                                                            max_batches=cfg.train.eval_batches))
 
     n_params = sum(p.numel() for p in model.parameters())
     procs = f"; {info.world_size} processes ({cfg.impl.parallel})" if info.world_size > 1 else ""
@@ -120,10 +119,9 @@ def evaluate(cfg: Config, log=print) -> dict:
     model, _ = load_run(cfg.run.dir)
     data = prepare(DATA.get(cfg.data.name).inherit(cfg, cfg.run.dir), log=log)
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
-    data.check_layout(objective.batch_layout, cfg.objective.name)
-    metrics = objective.evaluate(model, data.eval_batches(objective.batch_layout, cfg.train.batch_size,
-                                                          cfg.train.seq_len, max_batches=cfg.train.eval_batches,
-                                                          **objective.layout_options))
+    objective.check_data(data)
+    metrics = objective.evaluate(model, objective.eval_batches(data, cfg.train.batch_size, cfg.train.seq_len,
+                                                               max_batches=cfg.train.eval_batches))
     log(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return metrics
 

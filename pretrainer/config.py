@@ -82,6 +82,12 @@ class ObjectiveConfig:
                                        "frequencies, so training does not spend its first steps learning them")
     nsp_weight: float = _field(1.0, "MLM+NSP / MLM+SOP: weight of the sentence-pair (next-sentence or "
                                             "sentence-order) loss")
+    mixture: list[str] = _field(["mlm", "mlm_sop"], "mixture: the sub-objectives trained together on one backbone "
+                                "(objective registry names, each built from this section; all must accept the "
+                                "model, so MLM with CLM is refused: no backbone is both bidirectional and causal)")
+    weights: list[float] = _field([], "mixture: loss = sum of weight * sub-objective loss, one weight per "
+                                  "entry of `mixture` (default: 1.0 each; 0 leaves that sub-objective out); "
+                                  "each step reads train.batch_size sequences per sub-objective")
 
 
 @dataclass

@@ -132,7 +132,7 @@ def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, con
     cfg = make_config(config_data, objective__name=objective)
     built = OBJECTIVES.get(objective)(cfg.objective, data.info)
     module = built.build(tiny_model(model_name, data.info)).train()
-    batches = data.train_batches(built.batch_layout, B, T, seed=0, **built.layout_options)
+    batches = built.train_batches(data, B, T, seed=0)
     optimizer = torch.optim.AdamW(module.param_groups(0.0), lr=3e-3)
     torch.manual_seed(0)
     losses = []
@@ -146,7 +146,7 @@ def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, con
         optimizer.step()
         losses.append(out["loss"].detach().item())
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
-    metrics = built.evaluate(module, data.eval_batches(built.batch_layout, B, T, max_batches=2, **built.layout_options))
+    metrics = built.evaluate(module, built.eval_batches(data, B, T, max_batches=2))
     assert metrics and all(isinstance(v, float) and v == v for v in metrics.values())
 
 

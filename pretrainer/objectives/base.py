@@ -3,7 +3,9 @@
 An objective is built from its config and the data's description
 (`OBJECTIVES.get(name)(cfg.objective, data_info)`), and then:
 - names the batches it needs (`batch_layout`, plus `layout_options` such as whole-word
-  starts), which the data module builds;
+  starts), which the data module builds; `check_data`, `train_batches` and `eval_batches`
+  ask the data module for them (a mixture of objectives overrides these to ask once per
+  sub-objective);
 - builds what is trained around a backbone (`build(backbone)` -> backbone + its heads);
 - computes `objective(module, batch) -> {"loss", <metrics>, "n_tokens"}` on that module;
 - evaluates it on held-out batches without keeping logits (`evaluate(module, batches)`).
@@ -30,6 +32,21 @@ class PretrainingObjective:
         self.cfg = cfg
         self.data = data
         self.layout_options: dict[str, Any] = {}
+
+    def check_data(self, data) -> None:
+        """Stop with a one-line error when the data module cannot build this objective's batches."""
+        data.check_layout(self.batch_layout, self.cfg.name)
+
+    def train_batches(self, data, batch_size: int, seq_len: int, *, seed: int, rank: int = 0,
+                      world_size: int = 1):
+        """Infinite, resumable (state_dict / load_state_dict) training batches from `data`."""
+        return data.train_batches(self.batch_layout, batch_size, seq_len, seed=seed, rank=rank,
+                                  world_size=world_size, **self.layout_options)
+
+    def eval_batches(self, data, batch_size: int, seq_len: int, max_batches: int = 0):
+        """Held-out batches from `data`, the same every time; what `evaluate` takes."""
+        return data.eval_batches(self.batch_layout, batch_size, seq_len, max_batches=max_batches,
+                                 **self.layout_options)
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
         """Why this objective cannot train `backbone`, or None when it can."""
