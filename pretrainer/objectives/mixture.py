@@ -143,6 +143,14 @@ class Mixture(PretrainingObjective):
                 return f"objective.mixture[{i}] = {name!r}: {refused}"
         return None
 
+    def set_progress(self, fraction: float) -> None:
+        for sub in self.subs.values():
+            sub.set_progress(fraction)
+
+    def initialise(self, module: PretrainingModel, data) -> None:
+        for sub in self.subs.values():  # a shared head is initialised alike by each
+            sub.initialise(module, data)
+
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """One module with the union of the sub-objectives' heads (a head two want, e.g. `mlm_head`,
         exists once and is shared). A backbone parameter stays trainable when any sub-objective

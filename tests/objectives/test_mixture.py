@@ -4,6 +4,7 @@ the per-sub-objective batches and metrics, exact resume, and the config errors."
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,20 @@ def test_a_zero_weight_leaves_that_sub_objective_out(tokenizer, make_model):
     out["loss"].backward()
     assert not any(k.startswith("mlm_sop/") for k in out)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_progress_and_initialisation_reach_every_sub_objective(tokenizer, make_model):
+    objective = mixture(tokenizer, mask_rate=0.4, mask_rate_end=0.1, unigram_bias=True)
+    objective.set_progress(0.5)
+    assert [sub.mask_rate for sub in objective.subs.values()] == [pytest.approx(0.25)] * 2
+    module = objective.build(make_model("bert"))
+
+    class CountingData:
+        def token_counts(self):
+            return np.arange(VOCAB)
+
+    objective.initialise(module, CountingData())
+    assert int(module.mlm_head.bias.argmax()) == VOCAB - 1  # the shared head, from the counts
 
 
 def test_zip_loader_resumes_every_sub_loader():
