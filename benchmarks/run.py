@@ -96,6 +96,9 @@ def smoke_shape(shape: Shape) -> Shape:
 
 def flops_per_token(task: str, s: Shape) -> float:
     """Useful model FLOPs per token (see FLOPS_CONVENTION)."""
+    if task == "electra":  # discriminator + its one-logit head + the generator's MLM step
+        generator = dataclasses.replace(s, layers=electra_generator_layers(s))
+        return 3 * (flops_per_token("infer", s) + 2 * s.d_model) + flops_per_token("mlm", generator)
     C, T = s.d_model, s.seq
     forward = 2 * s.layers * (4 * C * C + 2 * C * s.d_ff) + 4 * s.layers * T * C
     if task == "mlm":
@@ -352,6 +355,80 @@ STEP_BUILDERS = {
     ("cls", "hf"): build_cls_hf, ("cls", "pretrainer"): build_cls_pretrainer,
     ("infer", "hf"): build_infer_hf, ("infer", "pretrainer"): build_infer_pretrainer,
 }
+
+
+# ELECTRA: one step of generator + discriminator, against Hugging Face's ElectraForMaskedLM +
+# ElectraForPreTraining sharing their embeddings as the paper's (and pretrainer's) do.
+
+ELECTRA_MINI = Shape(layers=4, d_model=256, heads=4, d_ff=1024, vocab=16384)
+RTD_WEIGHT = 50.0
+WORKLOADS["electra-mini"] = Workload("electra", ("hf", "pretrainer"), ELECTRA_MINI,
+                                     "ELECTRA step: BERT-mini discriminator + 1-layer generator, vocab 16,384")
+PRIMARY["electra"] = "tokens_per_s"
+ITEM_UNIT["electra"] = "sequences"
+
+
+def electra_generator_layers(s: Shape) -> int:
+    return max(1, s.layers // 3)  # pretrainer's default (objective.generator_layers = 0)
+
+
+def build_electra_hf(spec, s):
+    import transformers
+    torch, device, amp = child_setup(spec)
+
+    def config(layers):
+        return transformers.ElectraConfig(vocab_size=s.vocab, embedding_size=s.d_model, hidden_size=s.d_model,
+                                          num_hidden_layers=layers, num_attention_heads=s.heads,
+                                          intermediate_size=s.d_ff, max_position_embeddings=512,
+                                          hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                                          attn_implementation="sdpa")
+
+    discriminator = transformers.ElectraForPreTraining(config(s.layers))
+    generator = transformers.ElectraForMaskedLM(config(electra_generator_layers(s)))
+    generator.electra.embeddings = discriminator.electra.embeddings  # shared word/position/type tables
+    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight  # re-tied
+    pair = torch.nn.ModuleDict({"discriminator": discriminator, "generator": generator}).to(device).train()
+    optimizer = adamw(torch, pair, device)  # parameters() yields the shared tables once
+    run_discriminator, run_generator = maybe_compile(torch, discriminator, spec), maybe_compile(torch, generator, spec)
+    pool = token_pool(torch, s, s.seq, True, device)
+    special = (pool[0] == CLS_ID) | (pool[0] == SEP_ID)
+    mask = torch.ones_like(pool[0], dtype=torch.bool)
+    batches = cycle(list(pool))
+
+    def forward():
+        ids = next(batches)
+        masked, labels = hf_style_mask(torch, ids, special, s.vocab)
+        out = run_generator(input_ids=masked, attention_mask=mask, labels=labels)  # logits (B, T, V)
+        chosen = labels != -100
+        with torch.no_grad():
+            sampled = torch.multinomial(out.logits[chosen].float().softmax(-1), 1).squeeze(1)
+        corrupted = ids.clone()
+        corrupted[chosen] = sampled
+        replaced = (corrupted != ids).long()
+        return out.loss + RTD_WEIGHT * run_discriminator(input_ids=corrupted, attention_mask=mask,
+                                                         labels=replaced).loss
+
+    return hf_train_step(torch, pair, optimizer, amp, forward), s.batch * s.seq, s.batch, \
+        {"attn": discriminator.config._attn_implementation}
+
+
+def build_electra_pretrainer(spec, s):
+    from types import SimpleNamespace
+    from pretrainer.config import ObjectiveConfig
+    from pretrainer.objectives import ReplacedTokenDetection
+    torch, device, _ = child_setup(spec)
+    tokenizer = SimpleNamespace(mask_id=MASK_ID, vocab_size=s.vocab, special_ids=[PAD_ID, CLS_ID, SEP_ID, MASK_ID])
+    objective = ReplacedTokenDetection(ObjectiveConfig(name="electra", mask_rate=MASK_RATE, rtd_weight=RTD_WEIGHT,
+                                                       generator_layers=electra_generator_layers(s)), tokenizer)
+    model = objective.build(pretrainer_bert(s)).to(device).train()
+    pool = token_pool(torch, s, s.seq, True, device)
+    batches = cycle([{"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+                      "special_tokens_mask": (ids == CLS_ID) | (ids == SEP_ID)} for ids in pool])
+    return pretrainer_step(torch, model, objective, batches, device, spec), s.batch * s.seq, s.batch, {}
+
+
+STEP_BUILDERS[("electra", "hf")] = build_electra_hf
+STEP_BUILDERS[("electra", "pretrainer")] = build_electra_pretrainer
 
 
 def peak_rss_mb() -> float:

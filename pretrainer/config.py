@@ -88,6 +88,10 @@ class ObjectiveConfig:
     weights: list[float] = _field([], "mixture: loss = sum of weight * sub-objective loss, one weight per "
                                   "entry of `mixture` (default: 1.0 each; 0 leaves that sub-objective out); "
                                   "each step reads train.batch_size sequences per sub-objective")
+    rtd_weight: float = _field(50.0, "ELECTRA: weight of the replaced-token detection loss (the paper's 50)")
+    generator_layers: int = _field(0, "ELECTRA: generator blocks (0 = a third of the backbone's, at least 1)")
+    generator_width_ratio: float = _field(1.0, "ELECTRA: generator width as a fraction of the backbone's, "
+                                               "in (0, 1]; rounded to whole attention heads")
 
 
 @dataclass

@@ -38,10 +38,11 @@ def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, 
 
 
 def module_spec(module: nn.Module) -> dict:
-    """What model.json holds: the architecture, a classifier's or tagger's head, and the names
-    of the pre-training heads around the backbone (`"heads": ["mlm_head"]`)."""
+    """What model.json holds: the architecture, a classifier's or tagger's head, and the
+    pre-training heads around the backbone (`"heads": ["mlm_head"]`; a head sized by its
+    objective carries its config: `{"name": "generator", "config": {...}}`)."""
     if isinstance(module, PretrainingModel):
-        return {**model_config_dict(module.backbone), "heads": module.head_names}
+        return {**model_config_dict(module.backbone), "heads": module.head_specs()}
     return model_config_dict(module)
 
 

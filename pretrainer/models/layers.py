@@ -82,9 +82,15 @@ class Block(nn.Module):
         return x
 
 
-def init_weights(module: nn.Module, std: float) -> None:
-    """BERT/GPT-2 initialisation: N(0, std) for matrices and embeddings, LayerNorm = identity."""
+def init_weights(module: nn.Module, std: float, keep: nn.Module | None = None) -> None:
+    """BERT/GPT-2 initialisation: N(0, std) for matrices and embeddings, LayerNorm = identity.
+
+    Submodules of `keep` are left as they are (a head that shares the backbone's embeddings
+    must not re-draw them)."""
+    kept = set(keep.modules()) if keep is not None else set()
     for m in module.modules():
+        if m in kept:
+            continue
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if getattr(m, "bias", None) is not None:

@@ -5,18 +5,22 @@ that objective needs (an MLM head, a sentence-pair head, ...). `fit` trains and 
 that module; the backbone alone transfers. Its state-dict keys are `backbone.*` and
 `<head name>.*` (`mlm_head.*`, `nsp_head.*`), which are also the names the Hugging Face
 layouts map (interop/hf_layout.py) once `backbone.` is dropped.
+
+A head whose shape is not fixed by the backbone (ELECTRA's generator, whose depth and width
+are the objective's choice) has `head_config() -> dict`; model.json then lists it as
+`{"name": ..., "config": {...}}` and its builder takes that config as keyword arguments.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
-from pretrainer.models.layers import activation_fn, decay_groups, init_weights
+from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights
 
 
 def word_embeddings(backbone: nn.Module) -> nn.Embedding:
@@ -30,11 +34,13 @@ def word_embeddings(backbone: nn.Module) -> nn.Embedding:
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head: dense + activation + LayerNorm, then the (tied) word embeddings + bias."""
+    """BERT's MLM head: dense + activation + LayerNorm, then the (tied) word embeddings + bias.
+    `d_in` is the width it reads when that is not the embeddings' (a narrow generator's)."""
 
-    def __init__(self, d_model: int, vocab_size: int, activation: str = "gelu", eps: float = 1e-12):
+    def __init__(self, d_model: int, vocab_size: int, activation: str = "gelu", eps: float = 1e-12,
+                 d_in: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(d_model, d_model)
+        self.dense = nn.Linear(d_in or d_model, d_model)
         self.act = activation_fn(activation)
         self.ln = nn.LayerNorm(d_model, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
@@ -57,12 +63,65 @@ def pair_head_for(backbone: nn.Module) -> nn.Linear:
     return nn.Linear(backbone.d_model, 2)
 
 
-# Head name -> how it is built for a backbone. A run's model.json lists its heads by these
-# names, so `pretraining_model` rebuilds the module without knowing the objective.
-HEADS: dict[str, Callable[[nn.Module], nn.Module]] = {
+def rtd_head_for(backbone: nn.Module) -> nn.Linear:
+    """ELECTRA's replaced-token detector: one logit per position of the backbone's output."""
+    return nn.Linear(backbone.d_model, 1)
+
+
+class MaskedLMGenerator(nn.Module):
+    """ELECTRA's generator: a small bidirectional encoder that reads the backbone's embedding
+    module (the same module, so word, position and segment tables are shared, not copied) and
+    predicts masked tokens through an MLM head whose decoder is the shared word embedding.
+
+    Narrower than the backbone it projects the embeddings in (Hugging Face ElectraModel's
+    `embeddings_project`), and its head maps back to the embedding width before the decoder.
+    """
+
+    def __init__(self, backbone: nn.Module, n_layers: int, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        cfg = backbone.config
+        self.embeddings = backbone.embeddings  # shared: registered here too, stored once (io.model_tensors)
+        self.sizes = {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_ff": d_ff}
+        d_embed = backbone.d_model
+        activation, eps = getattr(cfg, "activation", "gelu"), getattr(cfg, "layer_norm_eps", 1e-12)
+        norm_first = getattr(cfg, "norm_first", False)
+        self.project = nn.Linear(d_embed, d_model) if d_model != d_embed else None
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, d_ff, cfg.dropout, getattr(cfg, "attn_dropout", cfg.dropout), activation,
+                  norm_first, eps) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model, eps=eps) if norm_first else None
+        self.head = MaskedLMHead(d_embed, word_embeddings(backbone).num_embeddings, activation, eps, d_in=d_model)
+
+    def head_config(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> hidden (B, T, d_model of the generator)."""
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C of the backbone)
+        if self.project is not None:
+            x = self.project(x)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # as in BertModel: SDPA's fused kernels need no mask
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask)
+        return x if self.ln_f is None else self.ln_f(x)
+
+    def lm_projection(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, weight, bias) with logits = features @ weight.T + bias, as PretrainingModel's."""
+        return self.head.transform(hidden), self.embeddings.word_embeddings.weight, self.head.bias
+
+
+# Head name -> how it is built for a backbone (and, for a head with `head_config`, that config).
+# A run's model.json lists its heads by these names, so `pretraining_model` rebuilds the module
+# without knowing the objective.
+HEADS: dict[str, Callable[..., nn.Module]] = {
     "mlm_head": mlm_head_for,
     "nsp_head": pair_head_for,
     "sop_head": pair_head_for,
+    "rtd_head": rtd_head_for,
+    "generator": MaskedLMGenerator,
 }
 
 
@@ -77,13 +136,21 @@ class PretrainingModel(nn.Module):
         self.head_names = sorted(heads or {})
         for name in self.head_names:
             head = heads[name]
-            init_weights(head, getattr(backbone.config, "init_std", 0.02))
+            init_weights(head, getattr(backbone.config, "init_std", 0.02), keep=backbone)
             ref = next(backbone.parameters())
             self.add_module(name, head.to(device=ref.device, dtype=ref.dtype))
 
     @property
     def config(self):
         return self.backbone.config
+
+    def head_specs(self) -> list[str | dict[str, Any]]:
+        """model.json's `"heads"`: a name, or {"name", "config"} for a head with `head_config`."""
+        specs = []
+        for name in self.head_names:
+            head = getattr(self, name)
+            specs.append({"name": name, "config": head.head_config()} if hasattr(head, "head_config") else name)
+        return specs
 
     @property
     def d_model(self) -> int:
@@ -127,12 +194,20 @@ class PretrainingModel(nn.Module):
         return self.backbone.n_layers + 1
 
 
-def pretraining_model(backbone: nn.Module, head_names) -> PretrainingModel:
-    """Rebuild a saved module from its backbone and the head names model.json lists."""
-    unknown = sorted(set(head_names) - set(HEADS))
-    if unknown:
-        raise PretrainerError(f"model.json names unknown pre-training heads {unknown}; known: {sorted(HEADS)}")
-    return PretrainingModel(backbone, {name: HEADS[name](backbone) for name in head_names})
+def pretraining_model(backbone: nn.Module, head_specs) -> PretrainingModel:
+    """Rebuild a saved module from its backbone and the heads model.json lists: names, or
+    {"name", "config"} entries for heads built from their own config."""
+    heads = {}
+    for spec in head_specs:
+        name, config = (spec, {}) if isinstance(spec, str) else (spec.get("name"), spec.get("config") or {})
+        if name not in HEADS:
+            raise PretrainerError(f"model.json names unknown pre-training head {name!r}; known: {sorted(HEADS)}")
+        try:
+            heads[name] = HEADS[name](backbone, **config)
+        except TypeError as e:
+            raise PretrainerError(f"model.json: pre-training head {name!r} cannot be built from "
+                                  f"config {config}: {e}") from None
+    return PretrainingModel(backbone, heads)
 
 
 def nest_backbone_keys(state: dict[str, torch.Tensor], head_names) -> dict[str, torch.Tensor]:
@@ -154,10 +229,10 @@ def nest_backbone_keys(state: dict[str, torch.Tensor], head_names) -> dict[str, 
 def adopt_heads(module: PretrainingModel, source: nn.Module) -> list[str]:
     """Copy into `module` the heads `source` has under the same names, so continued pre-training
     keeps a trained MLM head; returns the names of the heads that start fresh."""
-    source_heads = source.head_names if isinstance(source, PretrainingModel) else []
+    source_specs = source.head_specs() if isinstance(source, PretrainingModel) else []
     fresh = []
-    for name in module.head_names:
-        if name in source_heads:
+    for name, spec in zip(module.head_names, module.head_specs()):
+        if spec in source_specs:  # same name and, for a sized head (a generator), the same size
             getattr(module, name).load_state_dict(getattr(source, name).state_dict())
         else:
             fresh.append(name)

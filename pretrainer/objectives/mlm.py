@@ -73,12 +73,16 @@ class MaskedLM(PretrainingObjective):
 
     def initialise(self, module: PretrainingModel, data) -> None:
         if self.cfg.unigram_bias and "mlm_head" in module.head_names:
-            counts = torch.as_tensor(data.token_counts(), dtype=torch.float64)
-            counts[self.special_ids] = 0  # never a target
-            # add-one smoothing: a piece the corpus never shows still gets a finite, low logit
-            log_freq = torch.log((counts + 1) / (counts + 1).sum())
-            with torch.no_grad():
-                module.mlm_head.bias.copy_(log_freq.to(module.mlm_head.bias.dtype))
+            self.set_unigram_bias(module.mlm_head.bias, data)
+
+    def set_unigram_bias(self, bias: torch.Tensor, data) -> None:
+        """An MLM output bias (V,) <- the corpus' log unigram frequencies (objective.unigram_bias)."""
+        counts = torch.as_tensor(data.token_counts(), dtype=torch.float64)
+        counts[self.special_ids] = 0  # never a target
+        # add-one smoothing: a piece the corpus never shows still gets a finite, low logit
+        log_freq = torch.log((counts + 1) / (counts + 1).sum())
+        with torch.no_grad():
+            bias.copy_(log_freq.to(bias.dtype))
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
         if getattr(backbone, "causal", False):
