@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrainer.objectives import linear_ce
 from pretrainer.objectives.linear_ce import linear_cross_entropy
@@ -76,3 +77,59 @@ def test_no_rows_gives_zero_loss_and_zero_gradients():
     loss, hits = linear_cross_entropy(hidden[:0], weight, torch.zeros(0, dtype=torch.long), b)
     assert float(loss.detach()) == 0.0 and hits.shape == (0,)
     assert all(float(g.abs().sum()) == 0.0 for g in _grads(loss, (weight, b)))
+
+
+class _MatmulShapes(TorchDispatchMode):
+    """Records the output shape of every matrix multiply that runs under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.bmm):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_autocast_runs_chunked_and_matches_full_logits(monkeypatch, bias):
+    # bf16 on this CPU is emulated and slow: a tiny shape, several chunks of 4 rows.
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", 4 * 101)
+    hidden, weight, b, targets = (t if t is None or t.dtype == torch.long else t.detach().float().requires_grad_()
+                                  for t in _inputs(bias=bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy(F.linear(hidden, weight, b).float(), targets, ignore_index=-100)
+        with _MatmulShapes() as seen:
+            loss, hits = linear_cross_entropy(hidden, weight, targets, b)
+    assert loss.dtype == torch.float32
+    assert seen.shapes and max(rows for rows, cols in seen.shapes if cols == 101) <= 4  # never (37, 101)
+    torch.testing.assert_close(loss, expected, rtol=1e-2, atol=1e-2)
+    for got, want in zip(_grads(loss, (hidden, weight, b)), _grads(expected, (hidden, weight, b))):
+        assert got.dtype == torch.float32  # gradients come back in the parameters' dtype
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+    logits = F.linear(hidden, weight, b)
+    # bf16 logits can tie or swap near-equal maxima; most predictions must agree with fp32
+    agree = (hits == ((logits.argmax(dim=1) == targets) & (targets != -100))).float().mean()
+    assert agree >= 0.9
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "nothing_requires_grad"])
+def test_evaluation_does_no_backward_work(monkeypatch, grad_mode):
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", 8 * 101)  # 5 chunks of 8 rows
+    hidden, weight, b, targets = _inputs()
+    trained_loss, trained_hits = linear_cross_entropy(hidden, weight, targets, b)
+    with _MatmulShapes() as training:
+        linear_cross_entropy(hidden, weight, targets, b)
+    if grad_mode == "nothing_requires_grad":
+        hidden, weight, b = hidden.detach(), weight.detach(), b.detach()
+    context = torch.no_grad() if grad_mode == "no_grad" else torch.enable_grad()
+    with context, _MatmulShapes() as evaluation:
+        loss, hits = linear_cross_entropy(hidden, weight, targets, b)
+    # Forward only: one matmul per chunk (the logits), none for d hidden or d weight.
+    assert evaluation.shapes == [(8, 101)] * 4 + [(5, 101)]
+    assert len(training.shapes) == 3 * 5
+    assert loss.grad_fn is None and not loss.requires_grad
+    assert weight.grad is None and hidden.grad is None
+    assert torch.equal(loss, trained_loss.detach()) and torch.equal(hits, trained_hits)
