@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -63,17 +64,29 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, m
     to_mask = chosen & (action < mask_token_rate)
     to_random = chosen & (action >= mask_token_rate) & (action < mask_token_rate + random_token_rate)
 
-    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    allowed[mask_id] = False
-    if special_ids:
-        allowed[torch.as_tensor(list(special_ids), device=device)] = False
-    allowed[input_ids[special]] = False
-    allowed_ids = allowed.nonzero().squeeze(1)  # (V',)
-    if len(allowed_ids) == 0:  # degenerate tiny vocabularies: anything goes
-        allowed_ids = torch.arange(vocab_size, device=device)
-    pick = (uniform() * len(allowed_ids)).long().clamp(max=len(allowed_ids) - 1)
-    random_ids = allowed_ids[pick]  # (B, T)
+    # Random replacement ids, drawn uniformly from the allowed ones without a host round trip
+    # (no nonzero / len): the pick-th allowed id is where the running count of allowed ids
+    # first reaches pick + 1, so this is exactly `allowed.nonzero()[pick]`.
+    allowed = _base_allowed(vocab_size, mask_id, tuple(special_ids or ()), device).clone()
+    allowed.index_fill_(0, input_ids.masked_fill(~special, mask_id).flatten(), False)  # ids at special positions
+    n_allowed = allowed.sum()
+    nothing_allowed = n_allowed == 0  # degenerate tiny vocabularies: anything goes
+    allowed |= nothing_allowed
+    n_allowed = torch.where(nothing_allowed, vocab_size, n_allowed)
+    pick = (uniform() * n_allowed).long().minimum(n_allowed - 1)  # (B, T)
+    random_ids = torch.searchsorted(allowed.cumsum(0), pick + 1)  # (B, T)
 
     masked = input_ids.masked_fill(to_mask, mask_id)
     masked = torch.where(to_random, random_ids, masked)
     return masked, labels
+
+
+@functools.lru_cache(maxsize=16)
+def _base_allowed(vocab_size: int, mask_id: int, special_ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(V,) bool: ids a random replacement may take before looking at the batch; cached so that
+    the per-step path makes no host-to-device copy. Callers clone it before changing it."""
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    allowed[mask_id] = False
+    if special_ids:
+        allowed[torch.as_tensor(special_ids, device=device)] = False
+    return allowed

@@ -3,6 +3,7 @@
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrainer.data.collators import mask_tokens
 
@@ -126,3 +127,41 @@ def test_invariants(b, t, seed, rate, whole_word):
     n_cand = (~special).sum(1)
     assert ((chosen.sum(1) > 0) == (n_cand > 0)).all()  # every row with a candidate gets a target
     assert ((masked >= 0) & (masked < V)).all()
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that make the host wait for a tensor's values (.item(), bool(t), nonzero)."""
+
+    SYNCING = {torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero, torch.ops.aten.is_nonzero,
+               torch.ops.aten.masked_select, torch.ops.aten.unique_consecutive, torch.ops.aten._unique2}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in self.SYNCING:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_host_reads_in_the_per_step_path():
+    ids, special = batch(b=8, t=32, n_pad=4)
+    word_starts = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    for kw in ({}, {"word_starts": word_starts, "special_ids": [PAD, CLS, SEP, MASK]}):
+        with _HostReads() as reads:
+            masked, labels = run(ids, special, **kw)
+        assert reads.seen == [], kw
+        chosen = labels != -100
+        assert chosen.any() and not (chosen & special).any()
+
+
+def test_tiny_vocabulary_with_every_id_excluded_still_replaces_within_range():
+    # [MASK] and the specials exclude all 4 ids: replacements then come from the whole vocabulary.
+    ids = torch.tensor([[1, 2, 2, 2, 2, 2, 2, 0]])
+    special = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    masked, labels = mask_tokens(ids, special, mask_id=3, vocab_size=4, mask_rate=1.0, mask_token_rate=0.0,
+                                 random_token_rate=1.0, special_ids=[0, 1, 2],
+                                 generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert chosen.sum() == 6 and ((masked >= 0) & (masked < 4)).all()
