@@ -132,6 +132,8 @@ class ImplConfig:
     progress: bool = _field(True, "show a progress bar")
     parallel: str = _field("ddp", "under torchrun: replicate the model (ddp) or shard it (fsdp, FSDP2)",
                            ("ddp", "fsdp"))
+    prefetch: bool = _field(True, "build the next training batch in a background thread while the step "
+                                  "runs (resume stays exact); false builds it between steps")
 
 
 @dataclass

@@ -218,17 +218,29 @@ def give_ranks_own_rng_streams() -> None:
         torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # seeds CUDA too
 
 
-def mean_over_ranks(values: dict) -> dict:
-    """Average scalar metrics (tensors or floats) over ranks; unchanged in one process."""
-    if not is_distributed() or not values:
-        return values
+def mean_over_ranks(values: dict, same_on_every_rank: tuple[str, ...] = ()) -> dict[str, float]:
+    """Scalar metrics (tensors or floats) as plain floats, averaged over ranks.
+
+    One all-reduce and one host read for all of them, in float64; in one process only the
+    read. Keys in `same_on_every_rank` (e.g. a norm of all-reduced gradients) keep this
+    rank's value. Every rank must call it with the same keys.
+    """
+    if not values:
+        return {}
     keys = sorted(values)  # the same order on every rank
-    device = _comm_device()
-    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float32).to(device).reshape(())
+    if is_distributed():
+        device = _comm_device()
+    else:
+        device = next((v.device for v in values.values() if torch.is_tensor(v)), torch.device("cpu"))
+    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(())
                            for k in keys])
-    dist.all_reduce(stacked)  # SUM: gloo has no AVG
-    stacked /= dist.get_world_size()
-    return dict(zip(keys, stacked.cpu()))
+    if is_distributed():
+        own = stacked.clone()
+        dist.all_reduce(stacked)  # SUM: gloo has no AVG
+        stacked /= dist.get_world_size()
+        keep = torch.tensor([k in same_on_every_rank for k in keys], device=device)
+        stacked = torch.where(keep, own, stacked)
+    return dict(zip(keys, stacked.tolist()))
 
 
 def rank0_says(flag: bool) -> bool:

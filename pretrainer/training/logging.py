@@ -133,19 +133,24 @@ class Progress:
 
     def update(self, step: int, metrics: dict, *, lr: float, tokens_per_s: float | None,
                elapsed: float, run_elapsed: float) -> None:
-        """`elapsed` counts across resumes (the budget clock); `run_elapsed` only this run."""
+        """`elapsed` counts across resumes (the budget clock); `run_elapsed` only this run.
+
+        `metrics` are plain floats (the loop passes the last logged window's means, which it
+        reads back only at logging cadence); a missing loss shows as "?".
+        """
         if not self.enabled:
             return
         eta = _format_seconds(self.eta(step, elapsed, run_elapsed))
         loss = metrics.get("loss")
+        loss = f"{loss:.4f}" if isinstance(loss, (int, float)) else "?"
         tok_s = f"{tokens_per_s:,.0f}" if tokens_per_s is not None else "?"
         if self._bar is not None:
             self._bar.n = min(elapsed, self.budget_s) if self.budget_s else step
-            self._bar.set_description_str(f"step {step} loss {loss:.4f} lr {lr:.2e} {tok_s} tok/s eta {eta}",
+            self._bar.set_description_str(f"step {step} loss {loss} lr {lr:.2e} {tok_s} tok/s eta {eta}",
                                           refresh=True)
         elif step % self.log_every == 0:
             where = f"{step}" if self.budget_s else f"{step}/{self.total_steps}"
-            self.log(f"step {where}  loss {loss:.4f}  lr {lr:.2e}  {tok_s} tok/s  "
+            self.log(f"step {where}  loss {loss}  lr {lr:.2e}  {tok_s} tok/s  "
                      f"elapsed {_format_seconds(elapsed)}  eta {eta}")
 
     def message(self, text: str) -> None:

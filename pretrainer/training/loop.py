@@ -27,6 +27,7 @@ from pretrainer.training.distributed import (barrier, call_objective, full_state
                                              parallelize, rank0_says, restore_checkpoint, share_lrs)
 from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
+from pretrainer.training.prefetch import PrefetchLoader
 from pretrainer.training.precision import autocast, grad_scaler, set_threads
 from pretrainer.training.schedule import LRSchedule, parse_duration
 
@@ -57,9 +58,12 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
     """One optimizer step over `accum` micro-batches drawn from `batches`.
 
     Each micro-batch loss is divided by `accum`, so with mean-reduced losses the gradient
-    equals that of one batch `accum` times larger. Returns plain floats: the objective's
-    metrics averaged over micro-batches, `grad_norm` (before clipping) and `n_tokens`
-    summed. `autocast_ctx` is a re-enterable context manager (see `precision.autocast`).
+    equals that of one batch `accum` times larger. Returns the objective's metrics averaged
+    over micro-batches and `grad_norm` (before clipping) as detached float64 0-d tensors on
+    the device, this rank's own, and `n_tokens` summed (an int). Nothing is read back to
+    the host, so the device is not waited for: `fit` reads metrics (and averages them over
+    ranks) only when it logs. `autocast_ctx` is a re-enterable context manager (see
+    `precision.autocast`).
     """
     autocast_ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
     sums: dict[str, torch.Tensor | float] = {}
@@ -80,7 +84,6 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
             if key == "n_tokens":
                 n_tokens += int(value)
             elif torch.is_tensor(value) or isinstance(value, (int, float)):
-                # Summed as tensors so the GPU is synchronised once per step, not per metric.
                 value = value.detach().float() if torch.is_tensor(value) else float(value)
                 sums[key] = sums.get(key, 0.0) + value
 
@@ -101,18 +104,32 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
-    sums = mean_over_ranks(sums)  # report the global batch's loss, not rank 0's
-    metrics = {key: float(value) / accum for key, value in sums.items()}
-    metrics["grad_norm"] = float(grad_norm)
+    # float64 from here on, as the Python floats these once were: window means stay the same.
+    metrics = {key: _as_float64(value, device) / accum for key, value in sums.items()}
+    metrics["grad_norm"] = grad_norm.detach().double()
     metrics["n_tokens"] = n_tokens
     return metrics
 
 
+def _as_float64(value, device: torch.device | None) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value.double()
+    return torch.tensor(value, dtype=torch.float64, device=device)
+
+
+# Metrics that are the same on every rank already (gradients are all-reduced), not averaged again.
+_SAME_ON_EVERY_RANK = ("grad_norm",)
+
+
 class _Window:
-    """Training metrics since the last log line; time counts only inside `train_step`."""
+    """Training metrics since the last log line; time counts only inside `train_step`.
+
+    Sums stay on the device between log lines: `means()` reads them back (and averages
+    over ranks) once per window instead of once per step.
+    """
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
         self.tokens = 0
         self.seconds = 0.0
@@ -120,13 +137,19 @@ class _Window:
     def add(self, metrics: dict, seconds: float) -> None:
         for key, value in metrics.items():
             if key != "n_tokens":
-                self.sums[key] = self.sums.get(key, 0.0) + value
+                # A step-by-step float64 sum: the same numbers as summing the per-step floats.
+                self.sums[key] = value if key not in self.sums else self.sums[key] + value
         self.tokens += metrics["n_tokens"]
         self.steps += 1
         self.seconds += seconds
 
     def means(self) -> dict:
-        return {key: value / self.steps for key, value in self.sums.items()}
+        """Plain floats: each metric's mean over the window's steps and over ranks.
+
+        Every rank must call it at the same step (one all-reduce).
+        """
+        sums = mean_over_ranks(self.sums, same_on_every_rank=_SAME_ON_EVERY_RANK)
+        return {key: sums[key] / self.steps for key in self.sums}
 
     def tokens_per_s(self) -> float | None:
         return self.tokens * world_size() / self.seconds if self.seconds > 0 else None
@@ -208,6 +231,9 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         if main:
             log(f"resuming from {ckpt.path} at step {step}")
 
+    # The wrapper's state is the position after the last batch a step consumed, so checkpoints
+    # taken while the next batch is being built still resume exactly.
+    batches = PrefetchLoader(train_batches) if impl_cfg.prefetch else train_batches
     # Compile after the weights are final; `unwrap` sees through it for saving.
     run_model = torch.compile(model) if impl_cfg.compile else model
     logger = MetricsLogger(run_dir, enabled=main, resume_step=step if resume else None)
@@ -247,7 +273,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         model_state, optimizer_state = full_state(model, optimizer)  # FSDP: gathered on rank 0
         if main:
             # The loader's position counts global samples, so rank 0's state is every rank's.
-            extra = {"schedule": schedule.state_dict(), "loader": train_batches.state_dict()}
+            extra = {"schedule": schedule.state_dict(), "loader": batches.state_dict()}
             if scaler is not None:
                 extra["grad_scaler"] = scaler.state_dict()
             save_checkpoint(run_dir, step, model_state, optimizer_state, extra,
@@ -263,22 +289,25 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     try:
         with _deferred_interrupt(log) as interrupted:
             # Rank 0's clock decides when a time budget is spent, and its rates are used.
-            while not rank0_says(schedule.done()):
+            # A step count ends every rank at the same step; only a clock needs rank 0 to decide.
+            while not (rank0_says(schedule.done()) if schedule.by_time else schedule.done()):
                 if schedule.by_time:
                     share_lrs(optimizer)
                 lr = schedule.get_lr()
                 if set_progress is not None:
                     set_progress(schedule.progress())  # objectives' own schedules (mask rate)
                 t0 = clock()
-                metrics = train_step(run_model, objective, train_batches, optimizer, train_cfg.accum,
+                metrics = train_step(run_model, objective, batches, optimizer, train_cfg.accum,
                                      autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device)
                 window.add(metrics, clock() - t0)
                 step += 1
                 schedule.step()
-                progress.update(step, metrics, lr=lr, tokens_per_s=window.tokens_per_s(),
-                                elapsed=schedule.elapsed(), run_elapsed=clock() - run_started)
+                tokens_per_s = window.tokens_per_s()
                 if train_cfg.log_every and step % train_cfg.log_every == 0:
-                    log_train(lr)
+                    log_train(lr)  # the only per-window read-back and cross-rank reduction
+                # Shows the last logged means: updating it costs no device sync.
+                progress.update(step, last_train, lr=lr, tokens_per_s=tokens_per_s,
+                                elapsed=schedule.elapsed(), run_elapsed=clock() - run_started)
                 # Evaluate before saving: eval may draw random numbers, and the checkpoint
                 # must hold the RNG state the next step will see.
                 stop = False
@@ -308,6 +337,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
             if main:
                 save_weights(final_state, run_dir / "model.safetensors")
     finally:
+        if batches is not train_batches:
+            batches.close()  # leaves train_batches at the last consumed batch
         progress.close()
         logger.close()
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from pretrainer.errors import PretrainerError
-from pretrainer.training import fit, set_determinism
+from pretrainer.training import fit, load_checkpoint, set_determinism
 from training_toys import ToyLoader, ToyModel, ToyObjective, eval_batches, impl_config, train_config
 
 HERE = Path(__file__).parent
@@ -166,3 +166,11 @@ def test_fit_tells_the_objective_its_progress(tmp_path):
     objective = ProgressObjective()
     _run(tmp_path, objective=objective, max_steps=4)
     assert objective.seen == pytest.approx([0.25, 0.5, 0.75, 1.0])  # the coming step counted, as the lr is
+
+
+class RecordingObjective(ToyObjective):
+    """Keeps each call's loss and accuracy, to compute the logged means by hand."""
+
+    def __init__(self):
+        self.seen = []
+
