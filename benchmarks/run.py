@@ -195,7 +195,9 @@ def hf_train_step(torch, model, optimizer, amp, forward):
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)  # pretrainer's train_step also reads its metrics back every step
+        # A plain loop reads its loss back every step. pretrainer's train_step leaves its metrics
+        # on the device (fit reads them every train.log_every steps); on the CPU neither waits.
+        return float(loss)
 
     return step
 
