@@ -174,3 +174,59 @@ class RecordingObjective(ToyObjective):
     def __init__(self):
         self.seen = []
 
+    def __call__(self, model, batch):
+        out = super().__call__(model, batch)
+        self.seen.append((out["loss"].detach().clone(), out["acc"].clone()))
+        return out
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_logged_train_metrics_are_the_means_of_the_step_values(tmp_path, accum):
+    objective = RecordingObjective()
+    _run(tmp_path, objective=objective, max_steps=10, log_every=4, accum=accum)
+    # What train_step reported per step before metrics stayed on the device: the micro-batch
+    # sum in float32, then a Python float divided by accum; a log line averages its steps.
+    per_step = []
+    for i in range(0, len(objective.seen), accum):
+        micro = objective.seen[i:i + accum]
+        per_step.append({name: float(sum(m[j] for m in micro)) / accum for j, name in enumerate(("loss", "acc"))})
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [4, 8, 10]
+    for record, (start, end) in zip(train, [(0, 4), (4, 8), (8, 10)]):
+        for name in ("loss", "acc"):
+            total = 0.0
+            for values in per_step[start:end]:
+                total += values[name]
+            assert record["metrics"][name] == total / (end - start), (record["step"], name)
+
+
+def test_metrics_are_read_back_and_reduced_only_when_logging(tmp_path, monkeypatch):
+    from pretrainer.training import loop
+
+    calls = []
+    real = loop.mean_over_ranks
+    monkeypatch.setattr(loop, "mean_over_ranks", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    _, result, lines = _run(tmp_path, max_steps=12, log_every=5)
+    assert len(calls) == 3  # steps 5 and 10, and the last two steps at the end; not once per step
+    assert result.metrics.keys() >= {"loss", "acc", "grad_norm"}
+    assert any(line.startswith("step 10/12  loss ") for line in lines)  # the progress line shows the mean
+
+
+def test_prefetch_changes_nothing_but_speed(tmp_path):
+    def run(prefetch):
+        impl = impl_config(prefetch=prefetch)
+        set_determinism(impl, seed=0)
+        run_dir = tmp_path / str(prefetch)
+        fit(ToyModel(dropout=0.1), ToyObjective(), ToyLoader(), train_config(max_steps=20, save_every=7), impl,
+            run_dir, log=lambda s: None)
+        records = [{k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_s")}
+                   for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        state = load_checkpoint(run_dir / "checkpoints" / "step_000014").extra
+        return _weights(run_dir), records, state
+
+    weights_on, records_on, state_on = run(True)
+    weights_off, records_off, state_off = run(False)
+    _assert_same(weights_on, weights_off)
+    assert records_on == records_off
+    assert state_on["loader"] == state_off["loader"] == {"epoch": 0, "position": 14 * 4}
