@@ -75,7 +75,7 @@ def main():
     assert info.world_size == 2 and dist.get_backend() == "gloo", info
 
     for name in ("mlm", "mlm_nsp"):
-        model = parallelize(build_bert(), impl, info.device)
+        model = parallelize(build_objective(name).build(build_bert()), impl, info.device)
         batch = rank_rows(global_batch(), info.rank, info.world_size)
         torch.manual_seed(1)  # the masking draws; the same on every rank, as after set_determinism
         out = call_objective(model, build_objective(name), batch)

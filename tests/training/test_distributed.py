@@ -178,9 +178,9 @@ def test_two_process_run_with_dropout_resumes_exactly(runs):
 @pytest.mark.distributed
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_heads_called_outside_forward_get_reduced_gradients(tmp_path, parallel):
-    """MLM calls model.lm_logits (and NSP model.pooled / nsp_logits) after model(...);
-    MLM leaves the pooler and the NSP head unused. The 2-process gradients must be the mean
-    of each rank's gradient, with unused parameters left at None, as in one process."""
+    """MLM calls its head (and NSP model.pooled / nsp_head) after model(...); MLM freezes the
+    pooler it never reads (DDP runs without find_unused_parameters). The 2-process gradients
+    must be the mean of each rank's gradient, with frozen parameters left at None, as in one process."""
     sys.path.insert(0, str(HERE))
     from _dist_worker import build_bert, build_objective, global_batch, rank_rows
 
@@ -191,14 +191,16 @@ def test_heads_called_outside_forward_get_reduced_gradients(tmp_path, parallel):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     for name in ("mlm", "mlm_nsp"):
-        model, objective = build_bert(), build_objective(name)
+        objective = build_objective(name)
+        model = objective.build(build_bert())
         for rank in range(2):
             torch.manual_seed(1)
             out = objective(model, rank_rows(global_batch(), rank, 2))
             (out["loss"] / 2).backward()
         missing = json.loads((tmp_path / f"{name}.json").read_text())
         assert missing == [n for n, p in model.named_parameters() if p.grad is None]
-        assert ("pooler.weight" in missing) == (name == "mlm")
+        assert ("backbone.pooler.weight" in missing) == (name == "mlm")
+        assert all(not p.requires_grad for n, p in model.named_parameters() if n in missing)
         got = load_file(str(tmp_path / f"{name}.safetensors"))
         for pname, p in model.named_parameters():
             if p.grad is not None:
