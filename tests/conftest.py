@@ -106,3 +106,32 @@ def _good_task_rows(n: int = 60, seed: int = 0) -> list[dict]:
 def good_task_rows():
     """`_good_task_rows` as a fixture."""
     return _good_task_rows
+
+
+class CrashAfter:
+    """A loader that dies after `n` batches, as a killed process would (no checkpoint on the way
+    out); its state is the wrapped loader's, so a resumed run continues from the last checkpoint."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.left = loader, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.left == 0:
+            raise RuntimeError("killed (simulated)")
+        self.left -= 1
+        return next(self.loader)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+
+@pytest.fixture(scope="session")
+def crash_after():
+    """`CrashAfter` as a fixture (tests are imported by path, not as a package)."""
+    return CrashAfter

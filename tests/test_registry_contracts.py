@@ -150,31 +150,9 @@ def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, con
     assert metrics and all(isinstance(v, float) and v == v for v in metrics.values())
 
 
-class CrashAfter:
-    """A loader that dies after `n` batches, as a killed process would (no checkpoint on the way out)."""
-
-    def __init__(self, loader, n: int):
-        self.loader, self.left = loader, n
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.left == 0:
-            raise RuntimeError("killed (simulated)")
-        self.left -= 1
-        return next(self.loader)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-
 @pytest.mark.parametrize("objective,model_name", _cases())
 def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, prepared, config_data, tmp_path,
-                                                       monkeypatch):
+                                                       monkeypatch, crash_after):
     def cfg_for(run_dir):
         return make_config(config_data, objective__name=objective, model__name=model_name, run__dir=str(run_dir),
                            train__max_steps=6, train__save_every=2)
@@ -183,7 +161,7 @@ def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, pr
     assert whole.step == 6
     text = DATA.get("text")
     real = text.train_batches
-    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: CrashAfter(real(self, *a, **k), 5))
+    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: crash_after(real(self, *a, **k), 5))
     with pytest.raises(RuntimeError, match="simulated"):
         api.pretrain(cfg_for(tmp_path / "killed"), **QUIET)
     monkeypatch.undo()

@@ -199,29 +199,7 @@ def run_config(config_data, run_dir, **objective):
                              "objective": {**config_data["objective"], **objective}})
 
 
-class CrashAfter:
-    """A sub-objective's loader that dies after `n` batches, as a killed process would."""
-
-    def __init__(self, loader, n: int):
-        self.loader, self.left = loader, n
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.left == 0:
-            raise RuntimeError("killed (simulated)")
-        self.left -= 1
-        return next(self.loader)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-
-def test_mixture_run_logs_prefixed_metrics_and_resumes_exactly(config_data, tmp_path, monkeypatch):
+def test_mixture_run_logs_prefixed_metrics_and_resumes_exactly(config_data, tmp_path, monkeypatch, crash_after):
     whole = api.pretrain(run_config(config_data, tmp_path / "whole"), **QUIET)
     assert whole.step == 6
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
@@ -234,7 +212,7 @@ def test_mixture_run_logs_prefixed_metrics_and_resumes_exactly(config_data, tmp_
     text = DATA.get("text")
     real = text.train_batches
     # Dies in step 5 (after the step-4 checkpoint), on the first sub-objective's fifth batch.
-    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: CrashAfter(real(self, *a, **k), 4))
+    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: crash_after(real(self, *a, **k), 4))
     with pytest.raises(RuntimeError, match="simulated"):
         api.pretrain(run_config(config_data, tmp_path / "killed"), **QUIET)
     monkeypatch.undo()
