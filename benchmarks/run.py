@@ -245,9 +245,9 @@ def build_mlm_pretrainer(spec, s):
     from pretrainer.config import ObjectiveConfig
     from pretrainer.objectives import MaskedLM
     torch, device, _ = child_setup(spec)
-    model = pretrainer_bert(s).to(device).train()
     tokenizer = SimpleNamespace(mask_id=MASK_ID, vocab_size=s.vocab, special_ids=[PAD_ID, CLS_ID, SEP_ID, MASK_ID])
     objective = MaskedLM(ObjectiveConfig(name="mlm", mask_rate=MASK_RATE), tokenizer)
+    model = objective.build(pretrainer_bert(s)).to(device).train()  # the backbone + the MLM head, as pretrain trains
     pool = token_pool(torch, s, s.seq, True, device)
     batches = cycle([{"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
                       "special_tokens_mask": (ids == CLS_ID) | (ids == SEP_ID)} for ids in pool])
@@ -281,9 +281,9 @@ def build_clm_pretrainer(spec, s):
     from pretrainer.objectives import CausalLM
     torch, device, _ = child_setup(spec)
     cfg = GPTConfig(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, d_ff=s.d_ff, max_len=1024, dropout=0.1)
-    model = build_model(cfg, s.vocab).to(device).train()
-    batches = cycle([{"input_ids": ids} for ids in token_pool(torch, s, s.seq + 1, False, device)])  # (B, T+1)
     objective = CausalLM(ObjectiveConfig(name="clm"))
+    model = objective.build(build_model(cfg, s.vocab)).to(device).train()
+    batches = cycle([{"input_ids": ids} for ids in token_pool(torch, s, s.seq + 1, False, device)])  # (B, T+1)
     return pretrainer_step(torch, model, objective, batches, device, spec), s.batch * s.seq, s.batch, {}
 
 
