@@ -10,7 +10,6 @@ are reused, so an interrupted comparison continues where it stopped. Writes `com
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -19,7 +18,7 @@ from pretrainer.api import pretrain
 from pretrainer.config import Config, load_config
 from pretrainer.errors import PretrainerError
 from pretrainer.evaluation.report import format_mean_std, results_table
-from pretrainer.io import atomic_write_text
+from pretrainer.io import atomic_write_csv, atomic_write_text
 from pretrainer.transfer.curve import curve
 
 SCRATCH = "scratch"
@@ -71,16 +70,7 @@ def compare(cfg: Config, log=print) -> list[dict]:
                      "held-out": ", ".join(f"{k} {v:.4g}" for k, v in held.items() if isinstance(v, float)),
                      "labels": r["labels"], "fraction": r["fraction"],
                      "accuracy": format_mean_std(r["mean"], r["std"], r["n"]), "seeds": r["n"]})
-    _write(out, rows)
+    atomic_write_csv(out / "compare.csv", rows)
+    atomic_write_text(out / "compare.md", results_table(rows) + "\n")
     log(f"comparison written to {out / 'compare.md'}")
     return rows
-
-
-def _write(out: Path, rows: list[dict]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "compare.csv.tmp", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "compare.csv.tmp").replace(out / "compare.csv")
-    atomic_write_text(out / "compare.md", results_table(rows) + "\n")

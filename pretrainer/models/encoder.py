@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from pretrainer.config import ModelConfig, _field
-from pretrainer.models.layers import ACTIVATIONS, Block, decay_groups, init_weights, masked_mean
+from pretrainer.models.layers import ACTIVATIONS, Block, decay_groups, init_weights, masked_mean, padding_mask
 from pretrainer.registry import MODELS
 
 
@@ -110,11 +110,7 @@ class BertModel(nn.Module):
         if T > self.config.max_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_len = {self.config.max_len}")
         x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
-        # (B, 1, 1, T): every query sees the same keys; pad keys are hidden from all queries.
-        # A mask with no padding is dropped: SDPA's fused kernels are several times faster without one.
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        mask = padding_mask(attention_mask)  # (B, 1, 1, T) or None
         for block in self.blocks:
             x = block(x, mask)
         return x if self.ln_f is None else self.ln_f(x)

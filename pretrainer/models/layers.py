@@ -151,3 +151,12 @@ def set_dropout(module: nn.Module, p: float) -> None:
             m.p = p
         elif isinstance(m, SelfAttention):
             m.attn_dropout = p
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) 1 = real token -> (B, 1, 1, T) bool for SDPA: every query sees the same keys, pad
+    keys are hidden from all. None when nothing is padded: SDPA's fused kernels are several
+    times faster without a mask."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]

@@ -30,7 +30,6 @@ class PretrainingObjective:
 
     def __init__(self, cfg: ObjectiveConfig, data: DataInfo | None = None):
         self.cfg = cfg
-        self.data = data
         self.layout_options: dict[str, Any] = {}
 
     def check_data(self, data) -> None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
-from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights
+from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights, padding_mask
 
 
 def word_embeddings(backbone: nn.Module) -> nn.Embedding:
@@ -101,9 +101,7 @@ class MaskedLMGenerator(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C of the backbone)
         if self.project is not None:
             x = self.project(x)
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # as in BertModel: SDPA's fused kernels need no mask
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        mask = padding_mask(attention_mask)  # (B, 1, 1, T) or None, as in BertModel
         for block in self.blocks:
             x = block(x, mask)
         return x if self.ln_f is None else self.ln_f(x)

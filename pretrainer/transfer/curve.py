@@ -7,14 +7,13 @@ initial weights.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
 
 from pretrainer.config import Config
 from pretrainer.errors import PretrainerError
-from pretrainer.io import atomic_write_text
+from pretrainer.io import atomic_write_csv, atomic_write_text
 from pretrainer.transfer.finetune import finetune
 
 
@@ -86,7 +85,7 @@ def curve(cfg: Config, log=print, starts: dict[str, dict] | None = None) -> list
                 log(f"{name:>14}  {_labels_cell(fraction, results['n_labels']):>14} labels  seed {seed}  "
                     f"{split} accuracy {results[split]['accuracy']:.4f}  ({results['train_seconds']:.0f}s)")
 
-    _write_csv(out / "runs.csv", runs)
+    atomic_write_csv(out / "runs.csv", runs)
     summary = summarize(runs, ["init", "labels", "fraction"], "accuracy")  # ordered by number of labels
     f1 = {(r["init"], r["fraction"]): r for r in summarize(runs, ["init", "fraction"], "macro_f1")}
     trainable = {r["init"]: r["trainable_params"] for r in runs}
@@ -122,12 +121,3 @@ def _finished(run_dir: Path) -> dict | None:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
