@@ -173,9 +173,9 @@ class TextTokenizer:
         return self.tokenizer.token_to_id(token)
 
 
-def text_pieces(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
-    """`text` in consecutive pieces of at most `max_chars`, each cut just before a space or
-    newline that is followed by a non-space character.
+def text_pieces(text: str, max_chars: int | None = None) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `max_chars` (default PIECE_CHARS), each cut just
+    before a space, tab or newline that is followed by a non-space character.
 
     Both tokenizers split words at such a place (BERT's pre-tokenizer at any whitespace;
     byte-level BPE's GPT-2 pattern starts a new pre-token at the last whitespace before a
@@ -183,12 +183,13 @@ def text_pieces(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
     than max_chars / 2 characters without such a place is cut at max_chars: the only case
     where a long text tokenizes differently (a word that long is one [UNK] for WordPiece).
     """
+    max_chars = max_chars or PIECE_CHARS
     start = 0
     while len(text) - start > max_chars:
         end = start + max_chars
         cut = end
         while True:
-            cut = max(text.rfind(" ", start + max_chars // 2, cut), text.rfind("\n", start + max_chars // 2, cut))
+            cut = max(text.rfind(space, start + max_chars // 2, cut) for space in " \n\t")
             if cut < 0 or not text[cut + 1].isspace():
                 break
         cut = end if cut <= start else cut

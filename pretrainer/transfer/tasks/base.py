@@ -88,8 +88,12 @@ class Task:
                                                        ("test", ft.data.test)) if path}
         train_examples = self.read(ft.data.train, ft.data, stats["train"])
         label_names = ft.data.labels or self.infer_labels(train_examples)
+        if label_names or ft.data.labels:  # (none found: the file is empty, said just below)
+            self.check_label_set(ft, label_names)
         train = self.require_examples(encode(train_examples, label_names), ft.data.train)
-        self.check_label_set(ft, train, label_names, uses_labels)
+        if uses_labels and self.size(train) < 2:
+            raise PretrainerError(f"{ft.data.train}: only {self.size(train)} of the {self.unit}; fine-tuning "
+                                  f"needs at least 2")
         subset = self.subset(train, ft, seed) if uses_labels else []
         if uses_labels:
             self.check_subset(ft, train, subset, label_names)
@@ -100,16 +104,12 @@ class Task:
         return Splits(label_names=label_names, train=train, subset=subset, dev=split("dev", ft.data.dev),
                       test=split("test", ft.data.test), read_stats=stats)
 
-    def check_label_set(self, ft: FinetuneConfig, train, label_names: list[str], uses_labels: bool) -> None:
-        """At least two labels to choose from, and (when training uses labels) two examples."""
-        noun = self.labels_noun
+    def check_label_set(self, ft: FinetuneConfig, label_names: list[str]) -> None:
+        """At least two labels to choose from."""
         if len(label_names) < 2:
             where = "config key 'finetune.data.labels'" if ft.data.labels else ft.data.train
-            only = f"the only {noun[:-1]} is {label_names[0]!r}" if label_names else f"no {noun}"
-            raise PretrainerError(f"{where}: {only}; fine-tuning needs at least 2 {noun}")
-        if uses_labels and self.size(train) < 2:
-            raise PretrainerError(f"{ft.data.train}: only {self.size(train)} of the {self.unit}; fine-tuning "
-                                  f"needs at least 2")
+            only = f"the only {self.labels_noun[:-1]} is {label_names[0]!r}" if label_names else f"no {self.labels_noun}"
+            raise PretrainerError(f"{where}: {only}; fine-tuning needs at least 2 {self.labels_noun}")
 
     def check_subset(self, ft: FinetuneConfig, train, subset: list[int], label_names: list[str]) -> None:
         """The examples whose labels are used must hold at least two of the labels."""
