@@ -46,8 +46,9 @@ from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_f
 from pretrainer.errors import PretrainerError
 
 # Bump when the layout or the packing rules change, so old caches are not reused
-# (2: the hold-out is drawn over all documents read, empty ones included).
-SHARD_FORMAT = 2
+# (2: the hold-out is drawn over all documents read, empty ones included; 3: control characters
+# stripped by the input policy, meta.json records each array's dtype, length and size).
+SHARD_FORMAT = 3
 ENCODE_BATCH_DOCS = 1024
 ENCODE_BATCH_CHARS = 1 << 22  # a batch ends after the document that passes this many characters
 SPLITS = ("train", "eval")

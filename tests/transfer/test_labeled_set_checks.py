@@ -12,6 +12,9 @@ from pretrainer.api import evaluate
 from pretrainer.data.conll import sentence_subset
 from pretrainer.errors import PretrainerError
 from pretrainer.transfer.finetune import finetune
+from pretrainer.transfer.scoring import evaluate_finetuned
+from pretrainer.transfer.tasks.classification import Classification
+from pretrainer.transfer.tasks.tokens import Tokens
 
 QUIET = dict(log=lambda *_: None)
 
@@ -89,6 +92,12 @@ def test_skips_and_strips_are_logged_and_recorded(base_cfg, tmp_path):
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["input"]["train"] == expected
     assert any(line.startswith("train (") and "skipped 1 lines that were not valid UTF-8" in line
                and "stripped 1 control characters" in line for line in logged), logged
+    # `evaluate --finetuned` reports what it skipped in the file it scores, too.
+    (tmp_path / "dev2.jsonl").write_bytes(GOOD + b'{"text": "fine\\u0007", "label": "1"}\n')
+    logged.clear()
+    scored = evaluate_finetuned(with_data(cfg, tmp_path, dev=str(tmp_path / "dev2.jsonl")), log=logged.append)
+    assert scored["dev"]["input"]["stripped_control_chars"] == 1 and scored["dev"]["n_examples"] == 9
+    assert any("stripped 1 control characters" in line for line in logged), logged
 
 
 def test_a_tagging_subset_without_entities_is_refused(base_cfg, tmp_path):
@@ -108,3 +117,13 @@ def test_evaluate_without_held_out_data_refuses(base_cfg):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.0))
     with pytest.raises(PretrainerError, match="no held-out data"):
         evaluate(cfg, **QUIET)
+
+
+@pytest.mark.parametrize("task,name", [(Classification(), "dev.jsonl"), (Tokens(), "dev.conll")])
+def test_an_empty_evaluation_file_names_itself(base_cfg, tmp_path, task, name):
+    """What `evaluate --finetuned` reads (scoring.py) goes through the same check."""
+    cfg, _ = base_cfg
+    path = tmp_path / name
+    path.write_text("\n")
+    with pytest.raises(PretrainerError, match=f"{name}: no "):
+        task.read_evaluation_file(str(path), cfg.finetune.data, lambda examples, names: examples, ["0", "1"])
