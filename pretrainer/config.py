@@ -155,7 +155,8 @@ class LabeledDataConfig:
                                        "examples, the same for every run and seed (0 = all; for large test sets)")
     on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: error or skip and count", ("error", "skip"))
     on_control_chars: str = _field("strip", "control characters (NUL, other C0/C1 controls, DEL; not tab or "
-                                   "newline) in a text or label: remove them and report the count, or error",
+                                   "newline) in a text or label: remove them (a run between two letters "
+                                   "becomes a space) and report the count, or error",
                                    ("strip", "error"))
     on_empty_text: str = _field("error", "an example whose text is empty: stop with an error naming the line, "
                                 "or skip it and report the count", ("error", "skip"))

@@ -147,6 +147,27 @@ def test_news_articles_source_gives_texts_or_a_pretrainer_error(tmp_path, data, 
     assert all(isinstance(a, str) and a for a in articles)
 
 
+# ---------------------------------------------------------------- tokenizer files
+
+
+VOCAB_LINES = st.lists(st.one_of(st.sampled_from(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "##a", "a", ""]),
+                                 st.text(max_size=4)), max_size=12)
+
+
+@FUZZ
+@given(data=st.one_of(fuzz_bytes, VOCAB_LINES.map(lambda lines: "\n".join(lines).encode("utf-8", "replace"))),
+       name=st.sampled_from(["vocab.txt", "tokenizer.json"]))
+def test_tokenizer_files_load_or_give_a_pretrainer_error(tmp_path, data, name):
+    from pretrainer.data.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(fuzz_file(tmp_path, name, data))
+    except PretrainerError as e:
+        check_error(e)
+        return
+    assert tokenizer.vocab_size > 0 and tokenizer.encode_batch(["a b"]) is not None
+
+
 # ---------------------------------------------------------------- the config loader
 
 

@@ -12,7 +12,9 @@ Input policies (each an error or a counted skip, chosen in the config and counte
 - control characters (Unicode category Cc: NUL, the other C0 and C1 controls, DEL; tab, newline
   and carriage return are text): `on_control_chars = "strip"` (default) removes them from every
   text, label and word and counts them (`control_chars`), so both tokenizers see the same text
-  (WordPiece's normalizer dropped them unannounced, byte-level BPE made tokens of them);
+  (WordPiece's normalizer dropped them unannounced, byte-level BPE made tokens of them); a run
+  of them between two letters or digits becomes one space, so the words either side stay
+  apart (IMDB's reviews hold Windows-1252 dashes read as C1 controls: "anthology\x97a nice");
   "error" stops naming `file:line` and the character.
 - an empty text (nothing but whitespace, after stripping): a corpus document is skipped and
   counted (`empty_texts`); a labeled example is an error naming `file:line`, or with
@@ -38,8 +40,25 @@ _FORMAT_BY_EXTENSION = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjs
                         ".csv": "csv", ".tsv": "tsv"}
 
 
-# Unicode category Cc without tab, newline and carriage return.
-CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Runs of Unicode category Cc without tab, newline and carriage return.
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+")
+
+
+def strip_control_chars(text: str) -> tuple[str, int]:
+    """(`text` without control characters, how many there were); a run of them between two
+    letters or digits becomes one space."""
+    kept, last, removed = [], 0, 0
+    for found in CONTROL_CHARS.finditer(text):
+        start, end = found.span()
+        removed += end - start
+        kept.append(text[last:start])
+        if 0 < start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum():
+            kept.append(" ")
+        last = end
+    if not removed:
+        return text, 0
+    kept.append(text[last:])
+    return "".join(kept), removed
 
 
 @dataclass
@@ -135,9 +154,9 @@ class _Lines:
         if self.on_control_chars == "error":
             hint = f'set {self.hint_key}.on_control_chars = "strip" to remove and count them'
             raise PretrainerError(f"{self.path}:{line or self.number}: control character "
-                                  f"U+{ord(found.group()):04X} in the text ({hint})")
-        cleaned = CONTROL_CHARS.sub("", text)
-        self.stats.control_chars += len(text) - len(cleaned)
+                                  f"U+{ord(found.group()[0]):04X} in the text ({hint})")
+        cleaned, removed = strip_control_chars(text)
+        self.stats.control_chars += removed
         return cleaned
 
     def __iter__(self) -> Iterator[str]:

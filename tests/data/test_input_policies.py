@@ -41,18 +41,20 @@ def one_line_error(call, *parts: str) -> str:
 
 def test_control_characters_are_stripped_and_counted(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_bytes(b"nul\x00byte here\nescape \x1b[1mbold\x7f\n\x00\x01\x02\ntab\tkept\n")
+    path.write_bytes(b"nul\x00byte here\nescape \x1b[1mbold\x7f\n\x00\x01\x02\ntab\tkept, dash\xc2\x97\xc2\x97.\n")
     stats = ReadStats()
-    assert list(read_documents(path, TextDataConfig(), stats)) == ["nulbyte here", "escape [1mbold", "tab\tkept"]
-    # 1 + 2 + 3 characters stripped; the line of nothing but controls is an empty text
-    assert (stats.control_chars, stats.empty_texts) == (6, 1)
+    # Between two letters a run becomes a space (words stay apart), elsewhere it just goes.
+    assert list(read_documents(path, TextDataConfig(), stats)) == ["nul byte here", "escape [1mbold",
+                                                                   "tab\tkept, dash."]
+    # 1 + 2 + 3 + 2 characters stripped; the line of nothing but controls is an empty text
+    assert (stats.control_chars, stats.empty_texts) == (8, 1)
 
 
 def test_control_characters_escaped_in_json_count_too(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "a\\u0000b"}\n{"text": "\\u0007"}\n')
     stats = ReadStats()
-    assert list(read_documents(path, TextDataConfig(), stats)) == ["ab"]
+    assert list(read_documents(path, TextDataConfig(), stats)) == ["a b"]
     assert (stats.control_chars, stats.empty_texts) == (2, 1)
 
 
@@ -71,7 +73,7 @@ def test_both_tokenizers_see_the_same_text_without_nul(corpus_config, tmp_path, 
     prepare the stripped text, and the count is in the metadata and the log."""
     corpus = tmp_path / "nul.txt"
     docs = [f"the cat sat on mat number {i}" for i in range(40)]
-    corpus.write_text("\n".join(d.replace(" on ", " o\x00n ") for d in docs) + "\n")
+    corpus.write_text("\n".join(d.replace(" on ", " on\x00 ") for d in docs) + "\n")
     corpus_config.data.train = [str(corpus)]
     corpus_config.tokenizer.kind, corpus_config.tokenizer.vocab_size = kind, vocab
     logged = []
@@ -79,21 +81,21 @@ def test_both_tokenizers_see_the_same_text_without_nul(corpus_config, tmp_path, 
     assert prepared.meta["stripped_control_chars"] == 40
     assert any("stripped 40 control characters" in line for line in logged)
     text = prepared.tokenizer.decode(np.asarray(prepared.train.tokens))
-    assert "\x00" not in text and "on" in text
+    assert "\x00" not in text and "sat on mat" in text
 
 
 def test_labeled_control_characters_strip_or_error(tmp_path):
     path = tmp_path / "l.jsonl"
-    path.write_text('{"text": "go\\u0000od", "label": "1\\u0000"}\n{"text": "bad", "label": "0"}\n')
+    path.write_text('{"text": "go\\u0000od\\u0007.", "label": "1\\u0000"}\n{"text": "bad", "label": "0"}\n')
     examples = read_labeled(path, LabeledDataConfig())
-    assert (examples.texts, examples.labels, examples.stats.control_chars) == (["good", "bad"], ["1", "0"], 2)
+    assert (examples.texts, examples.labels, examples.stats.control_chars) == (["go od.", "bad"], ["1", "0"], 3)
     one_line_error(lambda: read_labeled(path, LabeledDataConfig(on_control_chars="error")), "l.jsonl:1",
                    "U+0000", 'finetune.data.on_control_chars = "strip"')
 
 
 def test_conll_control_characters_are_stripped_and_counted(tmp_path):
     path = tmp_path / "n.conll"
-    path.write_bytes(b"Par\x00is\tB-LOC\nis\tO\n")
+    path.write_bytes(b"Paris\x00\tB-LOC\nis\tO\n")
     stats = ReadStats()
     assert read_conll(path, stats=stats)[0].words == ["Paris", "is"] and stats.control_chars == 1
     one_line_error(lambda: read_conll(path, on_control_chars="error"), "n.conll:1", "U+0000")
