@@ -253,7 +253,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer
         if trained > cfg.vocab_size:  # the trainer keeps the whole alphabet, whatever the size asked
             raise PretrainerError(f"config key 'tokenizer.vocab_size' = {cfg.vocab_size} is below the minimum "
                                   f"for this corpus: {trained} ({len(WORDPIECE_SPECIALS)} special tokens + "
-                                  f"{trained - len(WORDPIECE_SPECIALS)} characters of its alphabet)")
+                                  f"{trained - len(WORDPIECE_SPECIALS)} for its characters)")
     return TextTokenizer(tokenizer, source=f"trained {cfg.kind} tokenizer")
 
 
