@@ -98,12 +98,15 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         return objective.evaluate(m, objective.eval_batches(data, cfg.train.batch_size, cfg.train.seq_len,
                                                             max_batches=cfg.train.eval_batches))
 
+    if not data.has_heldout:  # said by prepare's summary; an evaluation over nothing would read as perfect
+        log("no held-out data: pre-training without evaluation")
+
     n_params = sum(p.numel() for p in model.parameters())
     procs = f"; {info.world_size} processes ({cfg.impl.parallel})" if info.world_size > 1 else ""
     log(f"model {model.config.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}; "
         f"run dir {run_dir}{procs}")
-    return fit(model, objective, batches, cfg.train, cfg.impl, run_dir, eval_fn=evaluate_heldout,
-               resume=resume, log=log)
+    return fit(model, objective, batches, cfg.train, cfg.impl, run_dir,
+               eval_fn=evaluate_heldout if data.has_heldout else None, resume=resume, log=log)
 
 
 def _check_fits(cfg: Config, objective, model) -> None:
@@ -118,6 +121,9 @@ def evaluate(cfg: Config, log=print) -> dict:
     accuracy, perplexity, ...), on `cfg.data` read the way the run reads it."""
     model, _ = load_run(cfg.run.dir)
     data = prepare(DATA.get(cfg.data.name).inherit(cfg, cfg.run.dir), log=log)
+    if not data.has_heldout:
+        raise PretrainerError(f"no held-out data in {', '.join(cfg.data.eval or cfg.data.train)}: set "
+                              f"data.holdout > 0 (with two or more documents) or data.eval to evaluate")
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
     objective.check_data(data)
     metrics = objective.evaluate(model, objective.eval_batches(data, cfg.train.batch_size, cfg.train.seq_len,

@@ -154,6 +154,12 @@ class LabeledDataConfig:
     max_eval_examples: int = _field(0, "evaluate on a fixed stratified sample of at most this many dev / test "
                                        "examples, the same for every run and seed (0 = all; for large test sets)")
     on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: error or skip and count", ("error", "skip"))
+    on_control_chars: str = _field("strip", "control characters (NUL, other C0/C1 controls, DEL; not tab or "
+                                   "newline) in a text or label: remove them (a run between two letters "
+                                   "becomes a space) and report the count, or error",
+                                   ("strip", "error"))
+    on_empty_text: str = _field("error", "an example whose text is empty: stop with an error naming the line, "
+                                "or skip it and report the count", ("error", "skip"))
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -273,7 +279,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PretrainerError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PretrainerError(f"{path}: a config file must be UTF-8 text (byte {e.start} is not)") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -354,6 +363,8 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):  # YAML reads `1: x` with an integer key
+            raise PretrainerError(f"{source}: config key {prefix}{key!r} is not a name")
         if key not in fields:
             near = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {prefix + near[0]!r}?)" if near else ""

@@ -32,6 +32,20 @@ def gpt_config(tmp_path, *extra):
         "--impl.progress=false", *extra])
 
 
+def test_no_held_out_data_means_no_eval_metric(tmp_path):
+    """With nothing held out, an evaluation over nothing read loss 0 / perplexity 1; now pre-training
+    says there is no held-out data and records no eval, and `evaluate` refuses."""
+    cfg = gpt_config(tmp_path, "--data.holdout=0.0", "--train.eval_every=2")
+    logged = []
+    result = pretrain(cfg, log=logged.append)
+    assert result.step == 4 and result.eval_history == []
+    assert any("no held-out data" in line for line in logged)
+    records = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
+    assert records and not any(r["split"] == "eval" for r in records)
+    with pytest.raises(PretrainerError, match="no held-out data"):
+        evaluate(cfg, **QUIET)
+
+
 def test_causal_lm_generate_and_evaluate(tmp_path, capsys):
     cfg = gpt_config(tmp_path)
     result = pretrain(cfg, **QUIET)

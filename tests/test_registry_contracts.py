@@ -186,6 +186,7 @@ def test_data_module_contract(name, prepared, config_data, tmp_path):
     data = prepared[name]
     info = data.info
     assert info.modality and (info.vocab_size > 0 or info.image_size > 0)
+    assert data.has_heldout is True  # the contract fixture's corpus holds out documents
     for layout in data.layouts:
         loader = data.train_batches(layout, B, T, seed=3)
         first = [next(loader) for _ in range(3)]

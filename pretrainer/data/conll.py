@@ -42,9 +42,13 @@ class TaggedSentence(NamedTuple):
 
 
 def read_conll(path: str | os.PathLike, token_prefix: str = "", on_bad_utf8: str = "error",
-               hint_key: str = "finetune.data.on_bad_utf8") -> list[TaggedSentence]:
-    """The sentences of a CoNLL file, with `token_prefix` (WikiANN's `en:`) removed from each word."""
-    lines = _Lines(path, on_bad_utf8, ReadStats(), hint_key)
+               hint_key: str = "finetune.data", on_control_chars: str = "strip",
+               stats: ReadStats | None = None) -> list[TaggedSentence]:
+    """The sentences of a CoNLL file, with `token_prefix` (WikiANN's `en:`) removed from each word.
+
+    The input policies of data/readers.py apply: a line that is not valid UTF-8 (`on_bad_utf8`)
+    and control characters (`on_control_chars`), counted in `stats`."""
+    lines = _Lines(path, on_bad_utf8, stats if stats is not None else ReadStats(), hint_key, on_control_chars)
     sentences: list[TaggedSentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -57,7 +61,7 @@ def read_conll(path: str | os.PathLike, token_prefix: str = "", on_bad_utf8: str
             tags.clear()
 
     for line in lines:
-        line = line.rstrip("\r\n")
+        line = lines.clean(line.rstrip("\r\n"))
         if not line.strip():
             end_sentence()
             continue

@@ -10,7 +10,16 @@ separator after each one:
 The cache folder is named by a SHA-256 over the data and tokenizer config, the seed and the
 bytes of every input file, so changing any of them prepares afresh and repeating a run
 reuses the shards. A folder is built under a temporary name and renamed into place: a
-folder under its final name is always complete.
+folder under its final name is always complete. Its meta.json records every array's file
+size, dtype and length; a cached folder that no longer matches (a truncated or replaced
+array, a missing file, unreadable metadata, another shard format) is reported in the log and
+built again, never read.
+
+Reading follows the input policies of data/readers.py; what they skipped or stripped, and
+documents that gave no tokens, are counted in meta.json and reported in the log. A document
+longer than the tokenizer's piece size is tokenized in pieces (`tokenizer.text_pieces`), and
+a batch holds at most ENCODE_BATCH_CHARS characters, so memory stays bounded however long a
+line is.
 """
 
 from __future__ import annotations
@@ -37,9 +46,13 @@ from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_f
 from pretrainer.errors import PretrainerError
 
 # Bump when the layout or the packing rules change, so old caches are not reused
-# (2: the hold-out is drawn over all documents read, empty ones included).
-SHARD_FORMAT = 2
+# (2: the hold-out is drawn over all documents read, empty ones included; 3: control characters
+# stripped by the input policy, meta.json records each array's dtype, length and size).
+SHARD_FORMAT = 3
 ENCODE_BATCH_DOCS = 1024
+ENCODE_BATCH_CHARS = 1 << 22  # a batch ends after the document that passes this many characters
+SPLITS = ("train", "eval")
+ARRAYS = ("", "_doc_starts", "_sentence_starts")  # each split's files: {split}{suffix}.npy
 
 
 @dataclass
@@ -82,6 +95,10 @@ def prepare_corpus(cfg: Config, log: Callable[[str], None] = print) -> PreparedC
 
     shards_dir = cache_root(data.cache_dir or None) / "shards"
     final = shards_dir / cache_key(cfg)
+    damage = check_prepared(final) if (final / "meta.json").is_file() else None
+    if damage:
+        log(f"cached shards at {final} are damaged ({damage}): preparing them again")
+        shutil.rmtree(final, ignore_errors=True)
     if not (final / "meta.json").is_file():
         shards_dir.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=shards_dir))
@@ -141,7 +158,41 @@ def _random_access_memmap(path: Path) -> np.ndarray:
     return tokens
 
 
+def check_prepared(directory: Path) -> str:
+    """What is wrong with a prepared folder ("" when nothing is): meta.json readable and of this
+    shard format, every array present with the dtype, length and file size meta.json recorded.
+    Cheap (headers and sizes only): the arrays' values are not read."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"meta.json unreadable: {e}"
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT or not isinstance(meta.get("arrays"), dict):
+        return f"meta.json is not shard format {SHARD_FORMAT}"
+    if not (directory / "tokenizer.json").is_file():
+        return "tokenizer.json missing"
+    expected = {f"{split}{suffix}.npy" for split in SPLITS for suffix in ARRAYS}
+    if set(meta["arrays"]) != expected:
+        return "meta.json does not list the split arrays"
+    for name, recorded in meta["arrays"].items():
+        if not (isinstance(recorded, list) and len(recorded) == 3):
+            return f"meta.json: bad entry for {name}"
+        dtype, length, size = recorded
+        path = directory / name
+        try:
+            actual_size = path.stat().st_size
+            shape, found = npy_header(path)
+        except (OSError, ValueError, SyntaxError, TypeError) as e:  # missing, or no .npy header
+            return f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        if actual_size != size or found.name != dtype or shape != (length,):
+            return (f"{name}: {actual_size} bytes, {found} x {shape}; expected {size} bytes, "
+                    f"{dtype} x ({length},)")
+    return ""
+
+
 def open_prepared(directory: Path) -> PreparedCorpus:
+    damage = check_prepared(directory)
+    if damage:
+        raise PretrainerError(f"{directory}: damaged prepared shards ({damage}); delete the folder to prepare again")
     meta = json.loads((directory / "meta.json").read_text())
 
     def stream(split: str) -> TokenStream:
@@ -171,7 +222,8 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
     train, held = _SplitWriter(out, "train", dtype, tokenizer), _SplitWriter(out, "eval", dtype, tokenizer)
 
-    skipped: dict[str, int] = {}
+    skipped: dict[str, ReadStats] = {}  # per file: what the input policies skipped or stripped
+    no_tokens = [0]  # documents the tokenizer made nothing of (all characters it drops)
     if data.eval:
         held_out = None
     else:
@@ -179,7 +231,8 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
             n_documents = sum(1 for _ in _documents(data.train, data, {}))
         held_out = _choose_holdout(n_documents, data.holdout, cfg.run.seed)
     first = 0  # index of the batch's first document in the corpus
-    for tokens, lengths, non_empty in _encoded_batches(_documents(data.train, data, skipped), tokenizer, dtype):
+    for tokens, lengths, non_empty in _encoded_batches(_documents(data.train, data, skipped), tokenizer, dtype,
+                                                       no_tokens):
         if held_out is None:
             train.append(tokens, lengths)
         else:
@@ -188,13 +241,17 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
             train.append(tokens[~token_is_held], lengths[~is_held])
             held.append(tokens[token_is_held], lengths[is_held])
         first += len(non_empty)
-    for tokens, lengths, _ in _encoded_batches(_documents(data.eval, data, skipped), tokenizer, dtype):
+    for tokens, lengths, _ in _encoded_batches(_documents(data.eval, data, skipped), tokenizer, dtype, no_tokens):
         held.append(tokens, lengths)
     if train.n_documents + (0 if data.eval else held.n_documents) == 0:
         raise PretrainerError(f"corpus is empty: {', '.join(data.train)} hold no documents")
-    for path, n in skipped.items():
-        if n:
-            log(f"{path}: skipped {n} lines that were not valid UTF-8")
+    total = ReadStats()
+    for path, stats in skipped.items():
+        total.add(stats)
+        if stats.describe():
+            log(f"{path}: {stats.describe()}")
+    if no_tokens[0]:
+        log(f"skipped {no_tokens[0]:,} documents that gave no tokens (only characters the tokenizer drops)")
 
     tokenizer.save(out)
     train.close()
@@ -206,11 +263,15 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
         "train_tokens": train.n_tokens,
         "eval_tokens": held.n_tokens,
         "tokens": train.n_tokens + held.n_tokens,
-        "skipped_bad_utf8_lines": int(sum(skipped.values())),
+        **total.as_dict(),
+        "skipped_documents_without_tokens": no_tokens[0],
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_kind": tokenizer.kind,
         "dtype": np.dtype(dtype).name,
         "format": SHARD_FORMAT,
+        # name: [dtype, length, file size], what check_prepared compares a cached folder with
+        "arrays": {path.name: [npy_header(path)[1].name, npy_header(path)[0][0], path.stat().st_size]
+                   for path in (out / f"{split}{suffix}.npy" for split in SPLITS for suffix in ARRAYS)},
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -269,27 +330,30 @@ class _Counter:
         return item
 
 
-def _documents(paths: list[str], data: TextDataConfig, skipped: dict[str, int]) -> Iterator[str]:
-    """Documents of all files in order, at most data.max_documents per file."""
+def _documents(paths: list[str], data: TextDataConfig, skipped: dict[str, ReadStats]) -> Iterator[str]:
+    """Documents of all files in order, at most data.max_documents per file; `skipped[path]`
+    counts what reading that file skipped or stripped."""
     for path in paths:
         stats = ReadStats()
         yield from itertools.islice(read_documents(path, data, stats), data.max_documents or None)
-        skipped[path] = stats.bad_utf8_lines
+        skipped[path] = stats
 
 
-def _encoded_batches(documents: Iterable[str], tokenizer: TextTokenizer,
-                     dtype) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _encoded_batches(documents: Iterable[str], tokenizer: TextTokenizer, dtype,
+                     no_tokens: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per batch of documents: (packed tokens with a separator after each document, tokens per
     document without separator, which of the batch's documents had any tokens).
 
-    A document of only control characters has no tokens and is left out of the first two.
+    A document of only characters the tokenizer drops has no tokens: it is left out of the
+    first two and counted in `no_tokens[0]`.
     """
-    documents = iter(documents)
-    while batch := list(itertools.islice(documents, ENCODE_BATCH_DOCS)):
+    for batch in _batches(documents):
         ids = tokenizer.encode_batch(batch)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
         non_empty = lengths > 0
+        if no_tokens is not None:
+            no_tokens[0] += int((~non_empty).sum())
         lengths = lengths[non_empty]
         separator_at = np.cumsum(lengths + 1) - 1
         packed = np.empty(len(flat) + len(lengths), dtype=dtype)
@@ -298,6 +362,30 @@ def _encoded_batches(documents: Iterable[str], tokenizer: TextTokenizer,
         packed[is_separator] = tokenizer.doc_separator_id
         packed[~is_separator] = flat
         yield packed, lengths, non_empty
+
+
+def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
+    """Lists of at most ENCODE_BATCH_DOCS documents, ending after the one that passes
+    ENCODE_BATCH_CHARS characters (one long document is a batch of its own)."""
+    batch: list[str] = []
+    size = 0
+    for document in documents:
+        batch.append(document)
+        size += len(document)
+        if len(batch) >= ENCODE_BATCH_DOCS or size >= ENCODE_BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def npy_header(path: Path) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from a .npy file's header, without reading its values."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
 
 
 def _pack(documents: Iterable[str], tokenizer: TextTokenizer, dtype) -> tuple[np.ndarray, np.ndarray]:

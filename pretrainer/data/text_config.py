@@ -18,5 +18,10 @@ class TextDataConfig(DataConfig):
     txt_documents: str = _field("line", "txt: one document per line, or blank-line separated", ("line", "blank"))
     on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: stop with an error or skip and count it",
                               ("error", "skip"))
+    on_control_chars: str = _field("strip", "control characters (NUL, other C0/C1 controls, DEL; not tab or "
+                                   "newline) in a text: remove them (a run between two letters becomes a "
+                                   "space) and report the count, so both tokenizers see the same text; or "
+                                   "stop with an error naming the line",
+                                   ("strip", "error"))
     holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty")
     max_documents: int = _field(0, "read at most this many documents per file (0 = all)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -24,6 +24,12 @@ from pretrainer.errors import PretrainerError
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 WORDPIECE_SPECIALS = [PAD, UNK, CLS, SEP, MASK]  # list order = ids when training
 ENDOFTEXT = "<|endoftext|>"
+BYTEBPE_MIN_VOCAB = 257  # every byte, and <|endoftext|>
+# A text longer than this is tokenized in pieces cut before whitespace (see `text_pieces`), so
+# memory does not grow with the length of one line: the Rust encoder keeps ~100 bytes per
+# character of the text it is given (a 10 MB line took ~1 GB).
+PIECE_CHARS = 1 << 15
+ENCODE_GROUP_CHARS = 1 << 20  # characters handed to the Rust encoder at once
 SENTENCE_END_CHARS = set(".!?")
 CLOSING_CHARS = set("\"')]”’")
 
@@ -94,13 +100,41 @@ class TextTokenizer:
         return path
 
     def encode_batch(self, texts: Sequence[str], add_special: bool = False) -> list[list[int]]:
-        """Token ids per text; runs on the Rust thread pool. With add_special: [CLS] ... [SEP]."""
+        """Token ids per text; runs on the Rust thread pool. With add_special: [CLS] ... [SEP].
+
+        Texts longer than PIECE_CHARS are encoded piece by piece (`text_pieces`), at most
+        ENCODE_GROUP_CHARS characters at a time, with the same ids as whole."""
         if not texts:
             return []
-        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        if max(map(len, texts)) <= PIECE_CHARS and sum(map(len, texts)) <= ENCODE_GROUP_CHARS:
+            ids = [e.ids for e in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        else:
+            ids = self._encode_in_pieces(texts)
         if add_special:
-            return [[self.cls_id, *e.ids, self.sep_id] for e in encodings]
-        return [e.ids for e in encodings]
+            return [[self.cls_id, *i, self.sep_id] for i in ids]
+        return ids
+
+    def _encode_in_pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        ids: list[list[int]] = [[] for _ in texts]
+        group: list[tuple[int, str]] = []
+        size = 0
+
+        def flush() -> None:
+            encodings = self.tokenizer.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
+            for (owner, _), encoding in zip(group, encodings):
+                ids[owner].extend(encoding.ids)
+            group.clear()
+
+        for owner, text in enumerate(texts):
+            for piece in text_pieces(text):
+                if size + len(piece) > ENCODE_GROUP_CHARS and group:
+                    flush()
+                    size = 0
+                group.append((owner, piece))
+                size += len(piece)
+        if group:
+            flush()
+        return ids
 
     def encode_for_classification(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                                   max_len: int = 128) -> tuple[list[list[int]], list[list[int]]]:
@@ -139,6 +173,31 @@ class TextTokenizer:
         return self.tokenizer.token_to_id(token)
 
 
+def text_pieces(text: str, max_chars: int | None = None) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `max_chars` (default PIECE_CHARS), each cut just
+    before a space, tab or newline that is followed by a non-space character.
+
+    Both tokenizers split words at such a place (BERT's pre-tokenizer at any whitespace;
+    byte-level BPE's GPT-2 pattern starts a new pre-token at the last whitespace before a
+    word), so the pieces' ids put together are the ids of the whole text. A stretch of more
+    than max_chars / 2 characters without such a place is cut at max_chars: the only case
+    where a long text tokenizes differently (a word that long is one [UNK] for WordPiece).
+    """
+    max_chars = max_chars or PIECE_CHARS
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = end
+        while True:
+            cut = max(text.rfind(space, start + max_chars // 2, cut) for space in " \n\t")
+            if cut < 0 or not text[cut + 1].isspace():
+                break
+        cut = end if cut <= start else cut
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     """How many tokens of a and b to keep: trim the longer one first (ties trim b), like HF."""
     if len_a + len_b <= budget:
@@ -162,7 +221,16 @@ def bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer:
-    """Train a tokenizer of kind `cfg.kind` on `texts` (an iterator is fine: it is streamed)."""
+    """Train a tokenizer of kind `cfg.kind` on `texts` (an iterator is fine: it is streamed).
+
+    A `cfg.vocab_size` below what the kind needs is an error naming the key and the minimum,
+    never silently raised: byte-level BPE needs 257 (256 bytes + <|endoftext|>), WordPiece
+    the 5 special tokens plus every character of the corpus' alphabet (known after reading it).
+    Long texts are fed to the trainer in pieces (`text_pieces`), which count the same words."""
+    if cfg.kind == "bytebpe" and cfg.vocab_size < BYTEBPE_MIN_VOCAB:
+        raise PretrainerError(f"config key 'tokenizer.vocab_size' = {cfg.vocab_size} is below the minimum for "
+                              f"tokenizer.kind = \"bytebpe\": {BYTEBPE_MIN_VOCAB} (256 bytes + {ENDOFTEXT})")
+    texts = (piece for text in texts for piece in text_pieces(text))
     if cfg.kind == "wordpiece":
         tokenizer = bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##")),
                                   cfg.lowercase)
@@ -181,6 +249,11 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer
     tokenizer.train_from_iterator(texts, trainer)
     if cfg.kind == "wordpiece":
         _renumber_wordpiece(tokenizer)
+        trained = tokenizer.get_vocab_size(with_added_tokens=True)
+        if trained > cfg.vocab_size:  # the trainer keeps the whole alphabet, whatever the size asked
+            raise PretrainerError(f"config key 'tokenizer.vocab_size' = {cfg.vocab_size} is below the minimum "
+                                  f"for this corpus: {trained} ({len(WORDPIECE_SPECIALS)} special tokens + "
+                                  f"{trained - len(WORDPIECE_SPECIALS)} for its characters)")
     return TextTokenizer(tokenizer, source=f"trained {cfg.kind} tokenizer")
 
 

@@ -34,6 +34,9 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     backbone, tokenizer, source = load_backbone(cfg)
     splits = task.read_splits(ft, method.encoder(task, tokenizer, method.input_length(backbone)), cfg.run.seed,
                               uses_labels=method.uses_labels)
+    for split, stats in splits.read_stats.items():
+        if stats.describe():  # the input policies' skips and strips, never silent
+            log(f"{split} ({getattr(ft.data, split)}): {stats.describe()}")
     model = method.build(task, backbone, tokenizer, splits.label_names, log)
     task.prepare(model, splits, log)
     trainable, total = count_parameters(model)
@@ -52,7 +55,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     results = {**task.record, "init": source, "method": ft.method, "label_fraction": ft.label_fraction,
                "n_labels": len(splits.subset), "seed": cfg.run.seed, "labels": splits.label_names,
                **fitted, "trainable_params": trainable, "total_params": total,
-               "train_seconds": round(seconds, 1)}
+               "train_seconds": round(seconds, 1),
+               "input": {split: stats.as_dict() for split, stats in splits.read_stats.items()}}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
         if dataset is not None:
             results[split] = method.score(task, model, dataset, splits.label_names)

@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from pretrainer.config import Config, load_config
+from pretrainer.data.readers import ReadStats
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text
 from pretrainer.registry import TASKS, TRANSFER_METHODS
@@ -49,11 +50,14 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
     encode = method.encoder(task, tokenizer, method.input_length(model.backbone))
     results = {"run": str(run_dir), "labels": labels}
     for split, path in files.items():
-        dataset = task.read_evaluation_file(path, data, encode, labels)
+        stats = ReadStats()  # what the input policies skipped or stripped, reported with the scores
+        dataset = task.read_evaluation_file(path, data, encode, labels, stats)
+        if stats.describe():
+            log(f"{split} ({path}): {stats.describe()}")
         m = {**task.evaluate(model, dataset, labels, cfg.finetune.train.batch_size, final=True),
              "n_examples": task.size(dataset)}
         log(f"{split} ({path}): {task.describe(m)} ({m['n_examples']:,} examples)")
-        results[split] = {"file": str(path), **m}
+        results[split] = {"file": str(path), **m, "input": stats.as_dict()}
     atomic_write_text(run_dir / "evaluation.json", json.dumps(results, indent=2))
     return results
 

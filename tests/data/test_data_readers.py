@@ -186,4 +186,4 @@ def test_labeled_bad_utf8_hint_names_finetune_key(tmp_path):
     one_line_error(lambda: read_labeled(path, LabeledDataConfig()), "l.txt:2: not valid UTF-8",
                    "finetune.data.on_bad_utf8")
     skipped = read_labeled(path, LabeledDataConfig(on_bad_utf8="skip"))
-    assert (skipped.labels, skipped.bad_utf8_lines) == (["1"], 1)
+    assert (skipped.labels, skipped.stats.bad_utf8_lines) == (["1"], 1)

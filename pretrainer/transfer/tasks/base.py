@@ -3,12 +3,14 @@ put on the backbone, the objective, the metric chosen on dev, and what results.j
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from torch import nn
 
 from pretrainer.config import FinetuneConfig
+from pretrainer.data.readers import ReadStats
+from pretrainer.errors import PretrainerError
 
 # encode(examples, label_names) -> an encoded dataset (what the task's loaders batch)
 Encoder = Callable[[object, list[str]], object]
@@ -24,6 +26,8 @@ class Splits:
     subset: list[int]
     dev: object | None
     test: object | None
+    # What reading each file ("train", "dev", "test") skipped or stripped, by the input policies.
+    read_stats: dict[str, ReadStats] = field(default_factory=dict)
 
 
 class Task:
@@ -40,8 +44,8 @@ class Task:
     def check(self, ft: FinetuneConfig) -> None:
         """Refuse settings that do not apply to this task (one-line errors naming the key)."""
 
-    def read(self, path: str, data_cfg):
-        """The examples of one labeled file."""
+    def read(self, path: str, data_cfg, stats: ReadStats | None = None):
+        """The examples of one labeled file; what the input policies skipped is counted in `stats`."""
         raise NotImplementedError
 
     def infer_labels(self, examples) -> list[str]:
@@ -57,23 +61,66 @@ class Task:
     def size(self, dataset) -> int:
         raise NotImplementedError
 
-    def read_evaluation_file(self, path: str, data_cfg, encode: Encoder, label_names: list[str]):
-        """A dev/test file read and encoded like the training file."""
-        return encode(self.read(path, data_cfg), label_names)
+    def present_labels(self, dataset, indices: list[int] | None = None) -> set[int]:
+        """The label indices that occur in an encoded split (in `indices` of it, when given)."""
+        raise NotImplementedError
+
+    def read_evaluation_file(self, path: str, data_cfg, encode: Encoder, label_names: list[str],
+                             stats: ReadStats | None = None):
+        """A dev/test file read and encoded like the training file; an empty one is an error
+        naming it (before any training, not when it is scored)."""
+        return self.require_examples(encode(self.read(path, data_cfg, stats), label_names), path)
+
+    def require_examples(self, dataset, path: str):
+        if not self.size(dataset):
+            raise PretrainerError(f"{path}: no {self.unit} in this file")
+        return dataset
 
     def read_splits(self, ft: FinetuneConfig, encode: Encoder, seed: int, uses_labels: bool = True) -> Splits:
         """finetune.data's train/dev/test files; the label names are finetune.data.labels or the
-        training file's. Without `uses_labels` (zero-shot) no training label is used."""
-        train_examples = self.read(ft.data.train, ft.data)
+        training file's. Without `uses_labels` (zero-shot) no training label is used.
+
+        A training file with fewer than two examples or two classes, a label subset
+        (finetune.label_fraction / n_labels) of one class, and an empty dev or test file are
+        errors naming the file: a classifier of one class learns nothing, and a score on no
+        examples is no score."""
+        stats = {name: ReadStats() for name, path in (("train", ft.data.train), ("dev", ft.data.dev),
+                                                       ("test", ft.data.test)) if path}
+        train_examples = self.read(ft.data.train, ft.data, stats["train"])
         label_names = ft.data.labels or self.infer_labels(train_examples)
-        train = encode(train_examples, label_names)
+        if label_names or ft.data.labels:  # (none found: the file is empty, said just below)
+            self.check_label_set(ft, label_names)
+        train = self.require_examples(encode(train_examples, label_names), ft.data.train)
+        if uses_labels and self.size(train) < 2:
+            raise PretrainerError(f"{ft.data.train}: only {self.size(train)} of the {self.unit}; fine-tuning "
+                                  f"needs at least 2")
+        subset = self.subset(train, ft, seed) if uses_labels else []
+        if uses_labels:
+            self.check_subset(ft, train, subset, label_names)
 
-        def split(path: str):
-            return self.read_evaluation_file(path, ft.data, encode, label_names) if path else None
+        def split(name: str, path: str):
+            return self.read_evaluation_file(path, ft.data, encode, label_names, stats[name]) if path else None
 
-        return Splits(label_names=label_names, train=train,
-                      subset=self.subset(train, ft, seed) if uses_labels else [],
-                      dev=split(ft.data.dev), test=split(ft.data.test))
+        return Splits(label_names=label_names, train=train, subset=subset, dev=split("dev", ft.data.dev),
+                      test=split("test", ft.data.test), read_stats=stats)
+
+    def check_label_set(self, ft: FinetuneConfig, label_names: list[str]) -> None:
+        """At least two labels to choose from."""
+        if len(label_names) < 2:
+            where = "config key 'finetune.data.labels'" if ft.data.labels else ft.data.train
+            only = f"the only {self.labels_noun[:-1]} is {label_names[0]!r}" if label_names else f"no {self.labels_noun}"
+            raise PretrainerError(f"{where}: {only}; fine-tuning needs at least 2 {self.labels_noun}")
+
+    def check_subset(self, ft: FinetuneConfig, train, subset: list[int], label_names: list[str]) -> None:
+        """The examples whose labels are used must hold at least two of the labels."""
+        present = self.present_labels(train, subset)
+        if len(present) < 2:
+            key = (f"finetune.n_labels = {ft.n_labels}" if ft.n_labels
+                   else f"finetune.label_fraction = {ft.label_fraction}")
+            found = ", ".join(repr(label_names[i]) for i in sorted(present)) or "none"
+            raise PretrainerError(f"{ft.data.train}: the {len(subset)} {self.unit} that config key {key} "
+                                  f"keeps hold only the {self.labels_noun} {found}; fine-tuning needs at least 2 "
+                                  f"(use more labels or a larger fraction)")
 
     def head(self, backbone: nn.Module, num_labels: int, ft: FinetuneConfig, **kwargs) -> nn.Module:
         """A fresh `head_class` on `backbone`; `kwargs` are the method's (dropout, layer_decay)."""

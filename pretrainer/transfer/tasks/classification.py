@@ -7,7 +7,7 @@ from torch import nn
 
 from pretrainer.data.labeled import (ClassificationLoader, encode_examples, infer_label_names, iterate_once,
                                      stratified_subset)
-from pretrainer.data.readers import LabeledExamples, read_labeled
+from pretrainer.data.readers import LabeledExamples, ReadStats, read_labeled
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier
 from pretrainer.objectives.classification import ClassificationObjective
@@ -26,8 +26,8 @@ class Classification(Task):
             if getattr(ft, key):
                 raise PretrainerError(f"config key 'finetune.{key}' applies to finetune.task = \"tokens\" only")
 
-    def read(self, path: str, data_cfg) -> LabeledExamples:
-        return read_labeled(path, data_cfg)
+    def read(self, path: str, data_cfg, stats: ReadStats | None = None) -> LabeledExamples:
+        return read_labeled(path, data_cfg, stats)
 
     def infer_labels(self, examples: LabeledExamples) -> list[str]:
         return infer_label_names(examples)
@@ -35,8 +35,10 @@ class Classification(Task):
     def encoder(self, tokenizer, max_len: int) -> Encoder:
         return lambda examples, names: encode_examples(examples, tokenizer, names, max_len)
 
-    def read_evaluation_file(self, path: str, data_cfg, encode: Encoder, label_names: list[str]):
-        return encode(evaluation_sample(self.read(path, data_cfg), data_cfg.max_eval_examples), label_names)
+    def read_evaluation_file(self, path: str, data_cfg, encode: Encoder, label_names: list[str],
+                             stats: ReadStats | None = None):
+        examples = evaluation_sample(self.read(path, data_cfg, stats), data_cfg.max_eval_examples)
+        return self.require_examples(encode(examples, label_names), path)
 
     def subset(self, train, ft, seed: int) -> list[int]:
         labels = train.labels
@@ -49,6 +51,10 @@ class Classification(Task):
 
     def size(self, dataset) -> int:
         return len(dataset.labels)
+
+    def present_labels(self, dataset, indices: list[int] | None = None) -> set[int]:
+        labels = dataset.labels
+        return {labels[i] for i in indices} if indices is not None else set(labels)
 
     def head(self, backbone: nn.Module, num_labels: int, ft, **kwargs) -> nn.Module:
         return SequenceClassifier(backbone, num_labels, pooling=ft.pooling, **kwargs)

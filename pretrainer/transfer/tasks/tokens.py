@@ -7,6 +7,7 @@ from torch import nn
 
 from pretrainer.data.conll import (TaggedSentence, TaggingLoader, encode_sentences, infer_tag_names,
                                    iterate_tagging_once, read_conll, sentence_subset)
+from pretrainer.data.readers import ReadStats
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import TokenClassifier
 from pretrainer.objectives.token_classification import TokenClassificationObjective
@@ -30,8 +31,9 @@ class Tokens(Task):
             raise PretrainerError(f"config key 'finetune.data.format' = {ft.data.format!r}: finetune.task = "
                                   f"\"tokens\" reads CoNLL files (format = \"conll\")")
 
-    def read(self, path: str, data_cfg) -> list[TaggedSentence]:
-        sentences = read_conll(path, data_cfg.token_prefix, data_cfg.on_bad_utf8)
+    def read(self, path: str, data_cfg, stats: ReadStats | None = None) -> list[TaggedSentence]:
+        sentences = read_conll(path, data_cfg.token_prefix, data_cfg.on_bad_utf8,
+                               on_control_chars=data_cfg.on_control_chars, stats=stats)
         if not sentences:
             raise PretrainerError(f"{path}: no tagged sentences (expected `word<TAB>tag` lines)")
         return sentences
@@ -47,6 +49,10 @@ class Tokens(Task):
 
     def size(self, dataset) -> int:
         return len(dataset)
+
+    def present_labels(self, dataset, indices: list[int] | None = None) -> set[int]:
+        rows = dataset.word_labels if indices is None else [dataset.word_labels[i] for i in indices]
+        return {tag for row in rows for tag in row}
 
     def head(self, backbone: nn.Module, num_labels: int, ft, **kwargs) -> nn.Module:
         return TokenClassifier(backbone, num_labels, case_features=ft.case_features, crf=ft.crf,
