@@ -428,7 +428,8 @@ class CompareConfig:
     """`pretrainer compare`: pre-training variants at equal budget, then one label-efficiency curve."""
 
     variants: list[str] = _field([], "pre-training recipes to compare: config files, each pre-trained on its own "
-                                     "[data] / [model] / [objective] (their [finetune] and [curve] are not used)")
+                                     "[data] / [model] / [objective] (their [finetune] and [curve] are not used)",
+                                  check=non_empty)
     budget: str = _field("", "every variant pre-trains for this wall-clock budget, e.g. '30m' (overrides theirs)",
                          check=duration)
     max_steps: int = _field(0, "or for this many steps (equal compute whatever the machine's load; 0 = theirs)",
@@ -778,7 +779,7 @@ def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> lis
         if dataclasses.is_dataclass(value):
             out.extend(help_text(type(value), prefix + f.name + ".", value))
             continue
-        choices = f.metadata.get("choices")
-        extra = f" [{'|'.join(choices)}]" if choices else ""
+        choices, rule = f.metadata.get("choices"), f.metadata.get("check")
+        extra = f" [{'|'.join(choices)}]" if choices else f" [{rule.expects}]" if rule else ""
         out.append(f"--{prefix}{f.name}={_toml_value(value)}  {f.metadata.get('help', '')}{extra}")
     return out
