@@ -37,7 +37,6 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         check_resume(run_dir, cfg, finetuning_keys(cfg))
     backbone, tokenizer, source = load_backbone(cfg)
     check_input_fits(method.input_length(backbone), backbone, source)
-    # Nothing is written before this point: a refused run leaves its directory as it was.
     splits = task.read_splits(ft, method.encoder(task, tokenizer, method.input_length(backbone)), cfg.run.seed,
                               uses_labels=method.uses_labels)
     for split, stats in splits.read_stats.items():
@@ -47,6 +46,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     task.prepare(model, splits, log)
     trainable, total = count_parameters(model)
 
+    # Only now, every check passed, is the run directory written: a refused run (a refused
+    # --resume included) leaves it as it was.
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
     tokenizer.save(run_dir)
