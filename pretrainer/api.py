@@ -6,19 +6,21 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 import torch.distributed as dist
 
-from pretrainer.config import Config
+from pretrainer.config import Config, validate
+from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.interop.hf_import import init_folder, load_pretrained
 from pretrainer.models import build_model
 from pretrainer.objectives.heads import adopt_heads
 from pretrainer.registry import DATA, OBJECTIVES
-from pretrainer.runs import load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
+from pretrainer.runs import check_resume, load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
 from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
 from pretrainer.training.loop import fit
 from pretrainer.training.precision import set_determinism, set_threads
@@ -38,6 +40,8 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
     Under `torchrun --nproc_per_node=N` each process trains on its own share of every
     global batch (batch_size * N * accum sequences); see `training.distributed`.
     """
+    validate(cfg)  # a config built in code gets the checks a loaded one had
+    cfg.check_pretraining()
     started_here = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(cfg.impl)  # a no-op unless launched by torchrun
     try:
@@ -47,9 +51,15 @@ def pretrain(cfg: Config, resume: bool = False, log=print):
             shutdown_distributed()
 
 
+# What a pre-training run is made of: `--resume` refuses to change these (but the fields that
+# declare RESUME_FREE / RESUME_GROW, such as impl.*, train.log_every or a longer train.max_steps).
+PRETRAINING_KEYS = ("run", "data", "tokenizer", "model", "objective", "train", "impl")
+
+
 def _pretrain(cfg: Config, resume: bool, log, info):
     """One path for every objective: data module -> description -> backbone -> the objective's
-    module (backbone + heads) -> the batches the objective asks the data module for -> fit."""
+    module (backbone + heads) -> the batches the objective asks the data module for -> fit.
+    Everything that can refuse the run does so before the run directory is written."""
     run_dir = Path(cfg.run.dir)
     if not resume and (run_dir / "checkpoints" / "latest").exists():
         raise PretrainerError(f"{run_dir} already holds a run; pass --resume to continue it "
@@ -62,7 +72,14 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         # come from the checkpoint.
         init_model, _, source = load_pretrained(cfg.run.init)
         cfg = DATA.get(cfg.data.name).inherit(cfg, init_folder(cfg.run.init))
+        check_objective_fits(cfg, getattr(init_model, "backbone", init_model), f"the init model ({source})")
         log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
+    else:
+        # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
+        with torch.device("meta"):  # the architecture without its memory
+            check_objective_fits(cfg, build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size))
+    if resume:
+        check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)))
     if not info.is_main:
         barrier()  # rank 0 prepares the shared cache first; the others then read it
     data = prepare(cfg, log=log)
@@ -74,10 +91,6 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     torch.manual_seed(cfg.run.seed)
     backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
                 else build_model(cfg.model, data.info))
-    refused = objective.check_backbone(backbone)
-    if refused:
-        raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train model "
-                              f"{backbone.config.name!r}: {refused}")
     model = objective.build(backbone)  # the backbone with the heads this objective trains
     if init_model is not None:
         fresh = adopt_heads(model, init_model)
@@ -85,7 +98,6 @@ def _pretrain(cfg: Config, resume: bool, log, info):
             log(f"initialised {', '.join(fresh)} (not in {source})")
     elif not resume:
         objective.initialise(model, data)
-    _check_fits(cfg, objective, model)
 
     if info.is_main:
         write_run_header(run_dir, cfg, model, data)
@@ -109,17 +121,37 @@ def _pretrain(cfg: Config, resume: bool, log, info):
                eval_fn=evaluate_heldout if data.has_heldout else None, resume=resume, log=log)
 
 
-def _check_fits(cfg: Config, objective, model) -> None:
-    max_len = getattr(model.config, "max_len", None)
-    needed = cfg.train.seq_len + objective.extra_positions
-    if max_len is not None and needed > max_len:
-        raise PretrainerError(f"train.seq_len = {cfg.train.seq_len} is longer than model.max_len = {max_len}")
+# What objectives are built with when only the config is known: a text vocabulary with a [MASK]
+# token. Whether the real tokenizer has one is checked once the data is prepared (check_data).
+_CONFIG_ONLY_DATA = DataInfo("text", vocab_size=2, mask_id=1)
+
+
+def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:
+    """One-line errors, naming the key, when `cfg.objective` cannot train `backbone` (a causal LM
+    on a bidirectional encoder would read its own targets) or train.seq_len does not fit the
+    backbone's position table."""
+    objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, _CONFIG_ONLY_DATA)
+    where = f"the max_len of {model_name}" if model_name else "model.max_len"
+    model_name = model_name or f"model.name = {backbone.config.name!r}"
+    refused = objective.check_backbone(backbone)
+    if refused:
+        raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train "
+                              f"{model_name}: {refused}")
+    max_len = getattr(backbone.config, "max_len", None)
+    extra = objective.extra_positions
+    if max_len is not None and cfg.train.seq_len + extra > max_len:
+        plus = f" (+{extra} for {cfg.objective.name}'s shifted targets)" if extra else ""
+        raise PretrainerError(f"config key 'train.seq_len' = {cfg.train.seq_len}{plus} is longer than "
+                              f"{where} = {max_len}")
 
 
 def evaluate(cfg: Config, log=print) -> dict:
     """Held-out metrics of the run in `cfg.run.dir` under `cfg.objective` (masked-token
     accuracy, perplexity, ...), on `cfg.data` read the way the run reads it."""
+    validate(cfg)
     model, _ = load_run(cfg.run.dir)
+    # the objective must suit the run's model: a causal LM on an encoder would score nonsense
+    check_objective_fits(cfg, getattr(model, "backbone", model), f"the model of {cfg.run.dir}")
     data = prepare(DATA.get(cfg.data.name).inherit(cfg, cfg.run.dir), log=log)
     if not data.has_heldout:
         raise PretrainerError(f"no held-out data in {', '.join(cfg.data.eval or cfg.data.train)}: set "
@@ -136,13 +168,13 @@ def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, t
              top_k: int = 0, top_p: float = 1.0, greedy: bool = False, num_samples: int = 1,
              seed: int = 0) -> list[str]:
     """Continue `prompt` with a causal-LM run; returns `num_samples` texts."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     model, tokenizer = load_run(run_dir)
     model = getattr(model, "backbone", model)
-    if not hasattr(model, "generate"):
-        raise PretrainerError(f"{run_dir}: model {model.config.name!r} cannot generate text "
+    if not (hasattr(model, "generate") and getattr(model, "causal", False)):
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise PretrainerError(f"{run_dir}: model {name!r} cannot generate text "
                               f"(generation needs a causal-LM run, e.g. model.name = \"gpt\")")
-    if temperature <= 0:
-        raise PretrainerError("--temperature must be > 0 (use --greedy for deterministic decoding)")
     ids = tokenizer.encode_batch([prompt])[0] if prompt else []
     ids = [tokenizer.bos_id] + ids
     model.eval()
@@ -157,3 +189,18 @@ def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, t
             new_ids = new_ids[:new_ids.index(tokenizer.eos_id, len(ids) - 1)]
         out.append(tokenizer.decode(new_ids))
     return out
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float, num_samples: int) -> None:
+    """One-line errors for sampling settings that mean nothing (named as `pretrainer generate` spells them)."""
+    if max_new_tokens < 1:
+        raise PretrainerError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise PretrainerError(f"--temperature must be > 0, got {temperature} (use --greedy for deterministic "
+                              f"decoding)")
+    if top_k < 0:
+        raise PretrainerError(f"--top-k must be >= 0 (0 = all tokens), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise PretrainerError(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {top_p}")
+    if num_samples < 1:
+        raise PretrainerError(f"--num-samples must be >= 1, got {num_samples}")

@@ -48,11 +48,17 @@ def compare(cfg: Config, log=print) -> list[dict]:
     out = Path(cfg.compare.dir or Path(cfg.run.dir) / "compare")
     budget = ([f"--train.budget={cfg.compare.budget}"] if cfg.compare.budget else []) + \
         (["--train.budget=", f"--train.max_steps={cfg.compare.max_steps}"] if cfg.compare.max_steps else [])
+    # Every variant's config is read and checked before the first one pre-trains: a typo in the
+    # last file must not surface hours in.
+    configs = {name: load_config(path, [f"--run.dir={out / 'pretrain' / name}", *budget])
+               for name, path in zip(names, variants)}
+    for path, variant in zip(variants, configs.values()):
+        variant.check_pretraining(source=path)
     records, starts = {}, {}
     for name, path in zip(names, variants):
         run_dir = out / "pretrain" / name
         if not (run_dir / "model.safetensors").is_file():
-            variant = load_config(path, [f"--run.dir={run_dir}", *budget])
+            variant = configs[name]
             log(f"[compare] pre-training {name} ({path}) -> {run_dir}")
             pretrain(variant, resume=(run_dir / "checkpoints" / "latest").is_file(), log=log)
         records[name] = pretraining_record(run_dir)

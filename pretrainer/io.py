@@ -208,6 +208,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PretrainerError(f"{path}: file not found (is {path.parent} a Hugging Face model folder?)") from None
+    except (NotADirectoryError, IsADirectoryError):
+        raise PretrainerError(f"{path}: not a file (is {path.parent} a Hugging Face model folder?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PretrainerError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrainer.config import Config, save_config
+from pretrainer.config import Config, read_config_file, resume_changes, save_config
 from pretrainer.data.tokenizer import load_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text, load_model_state, read_json, read_model_state
@@ -35,6 +35,20 @@ def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, 
         save_config(cfg, run_dir / "config.toml")
     atomic_write_text(run_dir / "model.json", json.dumps(module_spec(model), indent=2))
     data.save(run_dir)
+
+
+def check_resume(run_dir: str | Path, cfg: Config, keys: tuple[str, ...]) -> None:
+    """Refuse `--resume` when `cfg` would change the run saved in `run_dir` among `keys` (what the
+    command's run is made of), naming each changed key; called before anything is written, so a
+    refused resume leaves the run as it was. What may change is declared on the config fields
+    (`resume=` in config.py: impl.*, train.log_every, a longer train.max_steps, ...)."""
+    saved = Path(run_dir) / "config.toml"
+    if not saved.is_file():
+        return
+    changes = resume_changes(read_config_file(saved), cfg, keys)
+    if changes:
+        raise PretrainerError(f"{run_dir}: --resume would change the run: {'; '.join(changes)}; resume with "
+                              f"the settings in {saved} or start a new run directory")
 
 
 def module_spec(module: nn.Module) -> dict:

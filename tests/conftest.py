@@ -72,7 +72,7 @@ def _tiny_transfer_task(root: Path, labeled_rows: list[dict], *overrides: str, s
         "--train.max_steps=2", "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false",
         f'--finetune.init="{root / "run"}"', f'--finetune.data.train="{root / "labeled.jsonl"}"',
         f'--finetune.data.dev="{root / "labeled.jsonl"}"', "--finetune.train.epochs=1.0",
-        "--finetune.train.batch_size=8", *overrides])
+        "--finetune.train.batch_size=8", "--finetune.max_len=32", *overrides])
     pretrain(cfg, log=lambda *_: None)
     return cfg
 

@@ -89,7 +89,8 @@ def test_pair_classification_finetune(tmp_path):
         f'--finetune.init="{cfg.run.dir}"', f'--finetune.dir="{tmp_path / "ft"}"',
         f'--finetune.data.train="{train}"', f'--finetune.data.dev="{train}"',
         '--finetune.data.text_field="premise"', '--finetune.data.text_pair_field="hypothesis"',
-        "--finetune.train.epochs=1.0", "--finetune.train.batch_size=16", "--impl.progress=false"])
+        "--finetune.train.epochs=1.0", "--finetune.train.batch_size=16", "--finetune.max_len=64",
+        "--impl.progress=false"])
     results = finetune(ft, **QUIET)
     assert results["labels"] == ["different", "same"]
     assert results["n_labels"] == 64

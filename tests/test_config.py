@@ -94,7 +94,8 @@ def test_help_lists_every_key_with_its_own_defaults():
     from pretrainer.config import help_text
 
     lines = help_text()
-    assert "--finetune.train.lr=0.0001  peak learning rate" in lines  # fine-tuning's default, not pre-training's
+    assert "--finetune.train.lr=0.0001  peak learning rate (0 leaves the weights as they are) [>= 0]" in lines  # \
+        # fine-tuning's default, not pre-training's, and the rule the value must meet
     assert any(line.startswith("--model.n_layers=") for line in lines)
     assert any(line.startswith("--curve.fractions=") for line in lines)
 

@@ -67,8 +67,8 @@ def test_curve_runs_each_method_and_label_counts(tmp_path, tiny_transfer_task, t
     table = (tmp_path / "run" / "curve" / "summary.md").read_text()
     assert "trainable params" in table and "| pre-trained probe | 8 " in table
 
-    with pytest.raises(PretrainerError, match="curve.fractions"):
-        label_amount(2.5)
+    with pytest.raises(PretrainerError, match=r"curve\.fractions\[0\]' = 2.5 is above 1 but not a whole number"):
+        curve(dataclasses.replace(cfg, curve=dataclasses.replace(cfg.curve, fractions=[2.5])), log=lambda *_: None)
     assert dataclasses.replace(cfg.finetune, **label_amount(8)).n_labels == 8
 
 

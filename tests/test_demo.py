@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
             "train": {**demo_module.DEMO["train"], "budget": "", "max_steps": 6, "seq_len": 32,
                       "batch_size": 4, "save_every": 3},
             "impl": {"progress": False, "threads": 1},
-            "finetune": {**demo_module.DEMO["finetune"],
+            "finetune": {**demo_module.DEMO["finetune"], "max_len": 32,  # the tiny model's position table
                          "train": {**demo_module.DEMO["finetune"]["train"], "epochs": 1.0, "min_steps": 0,
                                    "batch_size": 16}}}
     monkeypatch.setattr(demo_module, "DEMO", tiny)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from pretrainer.errors import PretrainerError
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; returns the exit status. Without `argv` this is the program itself
+    (sys.argv): once the command is over, Ctrl-C is ignored while the interpreter shuts down."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # `--section.key=value` overrides are not argparse options: split them off first.
@@ -85,8 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        if as_program:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not interrupt this message
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if as_program:
+            # The exit handlers torch and multiprocessing register (atexit) run after this; a Ctrl-C
+            # pressed while they run (say, a second one after the first stopped training) would
+            # print a traceback from inside them. The command is over, so there is nothing to stop.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(args, overrides: list[str]) -> int:

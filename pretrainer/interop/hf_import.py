@@ -124,6 +124,10 @@ def import_hf(hf_dir: str | os.PathLike):
     `info["dropped"]`; `info["notes"]` has every message for the user, one line each.
     """
     hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        problem = "is a file, not a folder" if hf_dir.exists() else "not found"
+        raise PretrainerError(f"{hf_dir}: {problem}; give the Hugging Face model folder (config.json, "
+                              f"weights, tokenizer files)")
     where = str(hf_dir / "config.json")
     hf_cfg = read_json(hf_dir / "config.json")
     model_type = hf_cfg.get("model_type")

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrainer.config import ModelConfig, _field
+from pretrainer.config import ModelConfig, _field, dropout_rate, invalid, non_negative, positive
 from pretrainer.models.layers import ACTIVATIONS, Block, decay_groups, init_weights, masked_mean
 from pretrainer.registry import MODELS
 
@@ -27,17 +27,23 @@ from pretrainer.registry import MODELS
 @dataclass
 class GPTConfig(ModelConfig):
     name: str = _field("gpt", "architecture from the model registry")
-    vocab_size: int = _field(0, "vocabulary size (0 = the tokenizer's)")
-    n_layers: int = _field(4, "Transformer blocks")
-    d_model: int = _field(256, "hidden size")
-    n_heads: int = _field(4, "attention heads (must divide d_model)")
-    d_ff: int = _field(0, "MLP hidden size (0 = 4 * d_model)")
-    max_len: int = _field(1024, "context length (learned position embeddings)")
-    dropout: float = _field(0.1, "dropout on embeddings, sublayer outputs and attention probabilities")
+    vocab_size: int = _field(0, "vocabulary size (0 = the tokenizer's)", check=non_negative)
+    n_layers: int = _field(4, "Transformer blocks", check=positive)
+    d_model: int = _field(256, "hidden size", check=positive)
+    n_heads: int = _field(4, "attention heads (must divide d_model)", check=positive)
+    d_ff: int = _field(0, "MLP hidden size (0 = 4 * d_model)", check=non_negative)
+    max_len: int = _field(1024, "context length (learned position embeddings)", check=positive)
+    dropout: float = _field(0.1, "dropout on embeddings, sublayer outputs and attention probabilities",
+                            check=dropout_rate)
     activation: str = _field("gelu_tanh", "MLP activation (gelu_tanh = GPT-2's gelu_new)", ACTIVATIONS)
-    layer_norm_eps: float = _field(1e-5, "LayerNorm epsilon")
-    init_std: float = _field(0.02, "std of the normal weight initialisation")
+    layer_norm_eps: float = _field(1e-5, "LayerNorm epsilon", check=positive)
+    init_std: float = _field(0.02, "std of the normal weight initialisation", check=positive)
     tie_embeddings: bool = _field(True, "the LM head reuses the token embedding matrix")
+
+    def check(self) -> None:
+        if self.d_model % self.n_heads:
+            invalid("n_heads", f"= {self.n_heads} must divide d_model = {self.d_model} (each head gets "
+                               f"d_model / n_heads dimensions)")
 
     @classmethod
     def tiny(cls) -> GPTConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from pretrainer.config import ModelConfig, _field
+from pretrainer.config import ModelConfig, _field, dropout_rate, invalid, non_negative, positive
 from pretrainer.models.layers import ACTIVATIONS, Block, decay_groups, init_weights, masked_mean, padding_mask
 from pretrainer.registry import MODELS
 
@@ -31,19 +31,24 @@ from pretrainer.registry import MODELS
 @dataclass
 class BertConfig(ModelConfig):
     name: str = _field("bert", "architecture from the model registry")
-    vocab_size: int = _field(0, "vocabulary size (0 = the tokenizer's)")
-    n_layers: int = _field(4, "Transformer blocks")
-    d_model: int = _field(256, "hidden size")
-    n_heads: int = _field(4, "attention heads (must divide d_model)")
-    d_ff: int = _field(0, "MLP hidden size (0 = 4 * d_model)")
-    max_len: int = _field(512, "longest sequence (learned position embeddings)")
-    type_vocab_size: int = _field(2, "token type (segment) ids")
-    dropout: float = _field(0.1, "dropout on embeddings and sublayer outputs")
-    attn_dropout: float = _field(0.1, "dropout on attention probabilities")
+    vocab_size: int = _field(0, "vocabulary size (0 = the tokenizer's)", check=non_negative)
+    n_layers: int = _field(4, "Transformer blocks", check=positive)
+    d_model: int = _field(256, "hidden size", check=positive)
+    n_heads: int = _field(4, "attention heads (must divide d_model)", check=positive)
+    d_ff: int = _field(0, "MLP hidden size (0 = 4 * d_model)", check=non_negative)
+    max_len: int = _field(512, "longest sequence (learned position embeddings)", check=positive)
+    type_vocab_size: int = _field(2, "token type (segment) ids", check=positive)
+    dropout: float = _field(0.1, "dropout on embeddings and sublayer outputs", check=dropout_rate)
+    attn_dropout: float = _field(0.1, "dropout on attention probabilities", check=dropout_rate)
     activation: str = _field("gelu", "MLP activation (gelu = exact erf)", ACTIVATIONS)
     norm_first: bool = _field(False, "pre-LN blocks instead of BERT's post-LN")
-    layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon")
-    init_std: float = _field(0.02, "std of the normal weight initialisation")
+    layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon", check=positive)
+    init_std: float = _field(0.02, "std of the normal weight initialisation", check=positive)
+
+    def check(self) -> None:
+        if self.d_model % self.n_heads:
+            invalid("n_heads", f"= {self.n_heads} must divide d_model = {self.d_model} (each head gets "
+                               f"d_model / n_heads dimensions)")
 
     @classmethod
     def tiny(cls) -> BertConfig:

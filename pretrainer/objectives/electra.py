@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX
-from pretrainer.data_info import DataInfo
-from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import freeze_pooler
 from pretrainer.objectives.heads import MaskedLMGenerator, PretrainingModel, rtd_head_for
 from pretrainer.objectives.linear_ce import linear_cross_entropy
@@ -43,17 +41,6 @@ def generator_size(backbone: nn.Module, cfg: ObjectiveConfig) -> dict[str, int]:
 @OBJECTIVES.register("electra")
 class ReplacedTokenDetection(MaskedLM):
     """Masks as MaskedLM does (objective.mask_rate, ...), on the same "mlm" batches."""
-
-    def __init__(self, cfg: ObjectiveConfig, data: DataInfo):
-        super().__init__(cfg, data)
-        if cfg.rtd_weight < 0:
-            raise PretrainerError(f"config key 'objective.rtd_weight' must be >= 0, got {cfg.rtd_weight}")
-        if cfg.generator_layers < 0:
-            raise PretrainerError(f"config key 'objective.generator_layers' must be >= 0 (0 = a third of the "
-                                  f"backbone's), got {cfg.generator_layers}")
-        if not 0 < cfg.generator_width_ratio <= 1:
-            raise PretrainerError(f"config key 'objective.generator_width_ratio' must be in (0, 1], "
-                                  f"got {cfg.generator_width_ratio}")
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
         if getattr(backbone, "causal", False):

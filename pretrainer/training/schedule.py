@@ -9,33 +9,13 @@ learning rate reaches its floor when the time is up.
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Callable
 
 import torch
 
+from pretrainer.config import parse_duration  # noqa: F401  (the loop reads train.budget with it)
 from pretrainer.errors import PretrainerError
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hms])")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h', '1h30m', '2.5m' -> seconds. A bare number means seconds."""
-    raw = str(text)
-    s = raw.strip().lower().replace(" ", "")
-    seconds = None
-    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s):
-        seconds = float(s)
-    elif s and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", s):
-        units = [u for _, u in _DURATION_PART.findall(s)]
-        if len(set(units)) == len(units):  # '1m2m' is more likely a typo than a sum
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(s))
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise PretrainerError(f"train.budget: cannot read {raw!r} as a duration (use e.g. 90s, 30m, 1h)")
-    return seconds
-
 
 def warmup_fraction(warmup: float, total_steps: int | None) -> float:
     """`train.warmup` is a fraction of training when < 1 and a number of steps when >= 1."""

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pretrainer.config import Config
+from pretrainer.config import Config, validate
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_csv, atomic_write_text
 from pretrainer.transfer.finetune import finetune
@@ -43,14 +43,10 @@ def curve_starts(cfg: Config) -> dict[str, dict]:
 
 
 def label_amount(fraction: float) -> dict:
-    """A curve point as finetune changes: a fraction (<= 1) or a number of labels (> 1)."""
+    """A curve point as finetune changes: a fraction (<= 1) or a number of labels (> 1; the
+    config's rules have made it a whole number)."""
     if fraction > 1:
-        if fraction != int(fraction):
-            raise PretrainerError(f"config key 'curve.fractions': {fraction} is above 1 but not a whole "
-                                  "number of labels")
         return {"label_fraction": 1.0, "n_labels": int(fraction)}
-    if fraction <= 0:
-        raise PretrainerError(f"config key 'curve.fractions': {fraction} must be above 0")
     return {"label_fraction": fraction, "n_labels": 0}
 
 
@@ -59,6 +55,7 @@ def curve(cfg: Config, log=print, starts: dict[str, dict] | None = None) -> list
 
     `starts` (name -> finetune changes, as `curve_starts` gives) replaces the starts the config
     names, for callers comparing starts of their own (`pretrainer compare`)."""
+    validate(cfg)  # [curve] as a loaded config would be: whole label counts above 1, seeds in range
     # report.py imports matplotlib: only a curve needs it.
     from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
 

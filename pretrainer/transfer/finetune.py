@@ -15,10 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
-from pretrainer.config import Config, save_config
+from pretrainer.config import Config, save_config, validate
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text, save_weights
 from pretrainer.registry import TASKS, TRANSFER_METHODS
+from pretrainer.runs import check_resume
 from pretrainer.training.precision import set_determinism, set_threads
 from pretrainer.transfer.backbone import load_backbone
 from pretrainer.transfer.partial import count_parameters
@@ -26,12 +27,16 @@ from pretrainer.transfer.partial import count_parameters
 
 def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     """Fine-tune on `cfg.finetune.data`; returns and writes `results.json` with dev (and test) metrics."""
+    validate(cfg)  # a config built in code (curve, compare, the Python API) gets a loaded one's checks
     ft = cfg.finetune
     task = TASKS.get(ft.task)()
     method = TRANSFER_METHODS.get(ft.method)(cfg)
     check_finetune_config(cfg)
     run_dir = start(cfg)
+    if resume:
+        check_resume(run_dir, cfg, finetuning_keys(cfg))
     backbone, tokenizer, source = load_backbone(cfg)
+    check_input_fits(method.input_length(backbone), backbone, source)
     splits = task.read_splits(ft, method.encoder(task, tokenizer, method.input_length(backbone)), cfg.run.seed,
                               uses_labels=method.uses_labels)
     for split, stats in splits.read_stats.items():
@@ -41,6 +46,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     task.prepare(model, splits, log)
     trainable, total = count_parameters(model)
 
+    # Only now, every check passed, is the run directory written: a refused run (a refused
+    # --resume included) leaves it as it was.
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.toml")
     tokenizer.save(run_dir)
@@ -72,14 +79,24 @@ def check_finetune_config(cfg: Config) -> None:
     TRANSFER_METHODS.get(ft.method)(cfg).check(task)
     if not ft.data.train:
         raise PretrainerError("config key 'finetune.data.train' is empty: name the labeled training file")
-    if not 0 < ft.label_fraction <= 1:
-        raise PretrainerError(f"config key 'finetune.label_fraction' must be in (0, 1], got {ft.label_fraction}")
-    if ft.n_labels < 0:
-        raise PretrainerError(f"config key 'finetune.n_labels' must be >= 0, got {ft.n_labels}")
     task.check(ft)
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")
+
+
+def finetuning_keys(cfg: Config) -> tuple[str, ...]:
+    """What a fine-tuning run is made of, for `--resume` to keep: [finetune] and the seed, and
+    [model] / [tokenizer] when they, not finetune.init, give the backbone."""
+    return ("run.seed", "finetune", "impl") + (() if cfg.finetune.init else ("model", "tokenizer"))
+
+
+def check_input_fits(input_length: int, backbone: nn.Module, source: str) -> None:
+    """finetune.max_len within the backbone's position table, checked once the backbone is read."""
+    max_len = getattr(getattr(backbone, "config", None), "max_len", None)
+    if max_len is not None and input_length > max_len:
+        raise PretrainerError(f"config key 'finetune.max_len' = {input_length} is longer than the backbone's "
+                              f"position table (max_len = {max_len}, from {source}); set it to at most {max_len}")
 
 
 def start(cfg: Config) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pretrainer import api
-from pretrainer.config import ObjectiveConfig, load_config
+from pretrainer.config import ObjectiveConfig, load_config, validate
 from pretrainer.errors import PretrainerError
 from pretrainer.io import read_model_state
 from pretrainer.objectives.mixture import Mixture, ZipLoader
@@ -161,7 +161,10 @@ def test_zip_loader_resumes_every_sub_loader():
 ])
 def test_bad_mixture_keys_stop_with_one_line_naming_the_key(names, weights, key, tokenizer):
     with pytest.raises(PretrainerError) as error:
-        mixture(tokenizer, names, weights)
+        # as a run builds it: the config's rules (ObjectiveConfig.check), then the objective
+        cfg = ObjectiveConfig(name="mixture", mixture=list(names), weights=list(weights))
+        validate(cfg, prefix="objective.")
+        Mixture(cfg, tokenizer)
     assert key in str(error.value) and "\n" not in str(error.value)
 
 

@@ -25,8 +25,6 @@ class Tokens(Task):
     record = {"task": "tokens"}
 
     def check(self, ft) -> None:
-        if ft.crf and ft.crf_lr <= 0:
-            raise PretrainerError(f"config key 'finetune.crf_lr' must be > 0, got {ft.crf_lr}")
         if ft.data.format not in ("auto", "conll"):
             raise PretrainerError(f"config key 'finetune.data.format' = {ft.data.format!r}: finetune.task = "
                                   f"\"tokens\" reads CoNLL files (format = \"conll\")")
