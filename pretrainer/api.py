@@ -63,6 +63,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         init_model, _, source = load_pretrained(cfg.run.init)
         cfg = DATA.get(cfg.data.name).inherit(cfg, init_folder(cfg.run.init))
         log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
+    cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
     if not info.is_main:
         barrier()  # rank 0 prepares the shared cache first; the others then read it
     data = prepare(cfg, log=log)
@@ -72,8 +73,14 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
     objective.check_data(data)
     torch.manual_seed(cfg.run.seed)
-    backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
-                else build_model(cfg.model, data.info))
+    backbone = getattr(init_model, "backbone", init_model) if init_model is not None else None
+    if backbone is None:
+        backbone = objective.initial_backbone(data)  # distill: blocks taken from the teacher
+        if backbone is not None:
+            log(f"student built from the teacher's blocks {cfg.objective.student_layers_from_teacher} "
+                f"([model] is ignored)")
+    if backbone is None:
+        backbone = build_model(cfg.model, data.info)
     refused = objective.check_backbone(backbone)
     if refused:
         raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train model "
@@ -89,6 +96,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
 
     if info.is_main:
         write_run_header(run_dir, cfg, model, data)
+        objective.save(run_dir)
 
     # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
     batches = objective.train_batches(data, cfg.train.batch_size, cfg.train.seq_len, seed=cfg.run.seed,
