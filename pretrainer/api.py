@@ -1,10 +1,11 @@
-"""The Python API: one function per CLI sub-command (`prepare`, `pretrain`, `evaluate`, `generate`).
+"""The Python API: one function per CLI sub-command (`prepare`, `pretrain`, `distill`, `evaluate`, `generate`).
 
 `pretrainer.transfer.finetune.finetune` is the fine-tuning counterpart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pretrainer.runs import load_run, run_label_names, write_run_header  # noqa:
 from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
 from pretrainer.training.loop import fit
 from pretrainer.training.precision import set_determinism, set_threads
+from pretrainer.transfer.finetune import finetune
 
 
 def prepare(cfg: Config, log=print):
@@ -112,6 +114,22 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         f"run dir {run_dir}{procs}")
     return fit(model, objective, batches, cfg.train, cfg.impl, run_dir, eval_fn=evaluate_heldout,
                resume=resume, log=log)
+
+
+def distill(cfg: Config, resume: bool = False, log=print):
+    """`pretrainer distill`: a teacher's knowledge into a student, model in, model out.
+
+    With `finetune.teacher` set, task-specific distillation: `finetune` with the teacher's soft
+    labels (transfer/distill.py); returns results.json's fields. Otherwise task-agnostic
+    distillation, which is pre-training with objective "distill" from `objective.teacher`
+    (objectives/distill.py); returns the fit result."""
+    if cfg.finetune.teacher:
+        return finetune(cfg, resume=resume, log=log)
+    if not cfg.objective.teacher:
+        raise PretrainerError("nothing to distil from: set objective.teacher (task-agnostic: a run dir, hf:PATH or "
+                              "pkg:NAME on unlabeled text) or finetune.teacher (task-specific: a fine-tuned run)")
+    return pretrain(dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name="distill")),
+                    resume=resume, log=log)
 
 
 def _check_fits(cfg: Config, objective, model) -> None:

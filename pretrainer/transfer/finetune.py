@@ -21,6 +21,7 @@ from pretrainer.io import atomic_write_text, save_weights
 from pretrainer.registry import TASKS, TRANSFER_METHODS
 from pretrainer.training.precision import set_determinism, set_threads
 from pretrainer.transfer.backbone import load_backbone
+from pretrainer.transfer.distill import with_teacher_targets
 from pretrainer.transfer.partial import count_parameters
 
 
@@ -32,10 +33,12 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     check_finetune_config(cfg)
     run_dir = start(cfg)
     backbone, tokenizer, source = load_backbone(cfg)
-    splits = task.read_splits(ft, method.encoder(task, tokenizer, method.input_length(backbone)), cfg.run.seed,
-                              uses_labels=method.uses_labels)
+    encode = method.encoder(task, tokenizer, method.input_length(backbone))
+    splits = task.read_splits(ft, encode, cfg.run.seed, uses_labels=method.uses_labels)
     model = method.build(task, backbone, tokenizer, splits.label_names, log)
     task.prepare(model, splits, log)
+    # Task-specific distillation: the teacher's logits ride in the training data (transfer/distill.py).
+    train_splits, distilled = with_teacher_targets(cfg, task, splits, encode, log) if ft.teacher else (splits, {})
     trainable, total = count_parameters(model)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,13 +48,13 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         f"{len(splits.subset):,} of {task.size(splits.train):,} {task.unit} "
         f"({len(splits.label_names)} {task.labels_noun}) -> {run_dir}")
     began = time.perf_counter()
-    fitted = method.fit(task, model, splits, run_dir, resume, log)
+    fitted = method.fit(task, model, train_splits, run_dir, resume, log)
     seconds = time.perf_counter() - began
     save_transferable(*method.export(model), run_dir)
 
     results = {**task.record, "init": source, "method": ft.method, "label_fraction": ft.label_fraction,
                "n_labels": len(splits.subset), "seed": cfg.run.seed, "labels": splits.label_names,
-               **fitted, "trainable_params": trainable, "total_params": total,
+               **distilled, **fitted, "trainable_params": trainable, "total_params": total,
                "train_seconds": round(seconds, 1)}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
         if dataset is not None:
@@ -73,6 +76,16 @@ def check_finetune_config(cfg: Config) -> None:
     if ft.n_labels < 0:
         raise PretrainerError(f"config key 'finetune.n_labels' must be >= 0, got {ft.n_labels}")
     task.check(ft)
+    if ft.teacher and not TRANSFER_METHODS.get(ft.method).distills:
+        raise PretrainerError(f"config key 'finetune.teacher': method {ft.method!r} does not train by gradient "
+                              f"on a loss, so it cannot learn a teacher's soft labels; use full, freeze, llrd, "
+                              f"lora, soft_prompt or cloze")
+    if ft.teacher and not (0 <= ft.distill_alpha <= 1 and ft.distill_temperature > 0):
+        raise PretrainerError(f"finetune.distill_alpha must be in [0, 1] (got {ft.distill_alpha}) and "
+                              f"finetune.distill_temperature > 0 (got {ft.distill_temperature})")
+    if ft.distill_unlabeled and not ft.teacher:
+        raise PretrainerError("config key 'finetune.distill_unlabeled' needs finetune.teacher: unlabeled text "
+                              "trains only through a teacher's soft labels")
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")
