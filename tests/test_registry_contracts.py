@@ -38,11 +38,20 @@ def config_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("contracts")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
-    return {"data": {"train": [str(corpus)], "cache_dir": str(root / "cache"), "holdout": 0.1},
+    data = {"data": {"train": [str(corpus)], "cache_dir": str(root / "cache"), "holdout": 0.1},
             "tokenizer": {"vocab_size": 80, "min_frequency": 1},
             "train": {"batch_size": B, "seq_len": T, "log_every": 1, "eval_every": 0, "eval_batches": 2,
                       "warmup": 0.0, "lr": 3e-3},
             "impl": {"threads": 1, "deterministic": True, "progress": False}}
+    # A tiny teacher run on the same tokenizer, wider and deeper than the tiny students, for
+    # objectives that learn from one (objective.teacher; the others ignore it).
+    text = DATA.get("text")(load_config(base=data)).prepare(**QUIET)
+    torch.manual_seed(1)
+    teacher = build_model(dataclasses.replace(MODELS.get("bert").config_class.tiny(), n_layers=3, d_model=48),
+                          text.info)
+    write_run_header(root / "teacher", None, teacher, text)
+    save_weights(teacher, root / "teacher" / "model.safetensors")
+    return {**data, "objective": {"teacher": str(root / "teacher")}}
 
 
 def make_config(config_data, **sections):

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command("prepare", "read the corpus, train or load the tokenizer, write token shards")(sub)
     _config_command("pretrain", "self-supervised pre-training (the objective named in the config)", resume=True)(sub)
     _config_command("finetune", "fine-tune on a labeled task (the [finetune] section)", resume=True)(sub)
+    _config_command("distill", "knowledge distillation, run dir in, run dir out: task-specific when finetune.teacher "
+                               "names a fine-tuned run (finetune with its soft labels: finetune.distill_alpha, "
+                               "distill_temperature, distill_unlabeled), else task-agnostic from objective.teacher "
+                               "(pretrain with objective \"distill\" on unlabeled text)", resume=True)(sub)
     _config_command("curve", "label-efficiency: fine-tune pre-trained vs scratch (and more) over label "
                              "fractions and seeds")(sub)
     _config_command("compare", "pre-training recipes at equal budget, each then fine-tuned through curve against "
@@ -144,6 +148,8 @@ def _run(args, overrides: list[str]) -> int:
         api.prepare(cfg)
     elif args.command == "pretrain":
         api.pretrain(cfg, resume=args.resume)
+    elif args.command == "distill":
+        api.distill(cfg, resume=args.resume)
     elif args.command == "finetune":
         from pretrainer.transfer.finetune import finetune
 

@@ -131,6 +131,8 @@ class EncodedTagging:
     word_labels: list[list[int]]  # per word: its tag's index in label_names (every word, even truncated)
     label_names: list[str]
     pad_id: int
+    # per sentence: a teacher's logits per word (W, K), NaN rows for words it did not see (distillation)
+    teacher_logits: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -203,11 +205,27 @@ def collate_tagging(dataset: EncodedTagging, indices: Sequence[int]) -> dict[str
     rows = np.arange(len(indices))[:, None]
     labels = np.where(label_word >= 0, word_labels[rows, np.maximum(label_word, 0)], IGNORE_INDEX)
     attention = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
-            "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
-            "labels": torch.from_numpy(labels), "label_word": torch.from_numpy(label_word),
-            "case_ids": torch.from_numpy(case_ids),
-            "word_labels": torch.from_numpy(word_labels)}
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
+             "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
+             "labels": torch.from_numpy(labels), "label_word": torch.from_numpy(label_word),
+             "case_ids": torch.from_numpy(case_ids),
+             "word_labels": torch.from_numpy(word_labels)}
+    if dataset.teacher_logits is not None:
+        batch.update(_teacher_targets(dataset, indices, batch["label_word"]))
+    return batch
+
+
+def _teacher_targets(dataset: EncodedTagging, indices: list[int], label_word: torch.Tensor) -> dict:
+    """teacher_logits (B, T, K) at each word's first sub-token, from the per-word logits, and
+    teacher_mask (B, T): where there is one (a word the teacher saw)."""
+    K = len(dataset.label_names)
+    logits = torch.zeros(*label_word.shape, K)
+    for row, i in enumerate(indices):
+        words = dataset.teacher_logits[i]  # (W, K)
+        cols = (label_word[row] >= 0).nonzero(as_tuple=True)[0]
+        logits[row, cols] = words[label_word[row, cols]]
+    mask = ~torch.isnan(logits).any(-1) & (label_word >= 0)
+    return {"teacher_logits": logits.nan_to_num(0.0), "teacher_mask": mask}
 
 
 class TaggingLoader(ClassificationLoader):

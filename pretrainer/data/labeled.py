@@ -27,6 +27,7 @@ class EncodedDataset:
     labels: list[int]
     label_names: list[str]
     pad_id: int
+    teacher_logits: torch.Tensor | None = None  # (N, K): a teacher's logits per example (distillation)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -95,9 +96,12 @@ def collate(dataset: EncodedDataset, indices: Sequence[int]) -> dict[str, torch.
         ids[row, :n] = dataset.input_ids[i]
         types[row, :n] = dataset.token_type_ids[i]
     attention = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
-            "token_type_ids": torch.from_numpy(types),
-            "labels": torch.tensor([dataset.labels[i] for i in indices], dtype=torch.long)}
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
+             "token_type_ids": torch.from_numpy(types),
+             "labels": torch.tensor([dataset.labels[i] for i in indices], dtype=torch.long)}
+    if dataset.teacher_logits is not None:
+        batch["teacher_logits"] = dataset.teacher_logits[torch.as_tensor(list(indices), dtype=torch.long)]
+    return batch
 
 
 class ClassificationLoader(SamplerLoader):

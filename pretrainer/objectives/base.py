@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from pretrainer.config import ObjectiveConfig
+from pretrainer.config import Config, ObjectiveConfig
 from pretrainer.data_info import DataInfo
 from pretrainer.objectives.heads import PretrainingModel
 
@@ -46,6 +46,21 @@ class PretrainingObjective:
         """Held-out batches from `data`, the same every time; what `evaluate` takes."""
         return data.eval_batches(self.batch_layout, batch_size, seq_len, max_batches=max_batches,
                                  **self.layout_options)
+
+    @classmethod
+    def configure(cls, cfg: Config) -> Config:
+        """The config the data is prepared with, before this objective exists (distill: reading
+        text with the teacher's tokenizer); `cfg` itself is left alone."""
+        return cfg
+
+    def initial_backbone(self, data) -> nn.Module | None:
+        """A backbone this objective starts from instead of building [model] (distill: blocks
+        taken from its teacher), or None."""
+        return None
+
+    def save(self, run_dir) -> None:
+        """What the run records about this objective beside config.toml (distill: the teacher's
+        identity; never its weights)."""
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
         """Why this objective cannot train `backbone`, or None when it can."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pretrainer.data.collators import IGNORE_INDEX
 from pretrainer.errors import PretrainerError
 from pretrainer.evaluation.metrics import accuracy, macro_f1
 from pretrainer.objectives.mlm import evaluation_batches
@@ -32,11 +33,19 @@ class ClassificationObjective:
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         """model is a SequenceClassifier; batch["labels"] (B,) long."""
-        logits = model(batch)  # (B, num_labels)
+        return {**self.from_logits(model, model(batch), batch), "n_tokens": batch["input_ids"].numel()}
+
+    def from_logits(self, model: nn.Module, logits: torch.Tensor, batch: dict) -> dict:
+        """{"loss", "acc"} of logits (B, num_labels) against batch["labels"]; a row labelled
+        IGNORE_INDEX (unlabeled text a distillation teacher labels) counts in neither."""
         labels = batch["labels"]
-        loss = F.cross_entropy(logits.float(), labels)
-        acc = (logits.argmax(dim=-1) == labels).float().mean()
-        return {"loss": loss, "acc": acc.detach(), "n_tokens": batch["input_ids"].numel()}
+        labeled = labels != IGNORE_INDEX
+        if bool(labeled.all()):
+            loss = F.cross_entropy(logits.float(), labels)
+        else:  # summed then divided: a batch without a gold label gives 0, not NaN
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum") / labeled.sum().clamp(min=1)
+        acc = ((logits.argmax(dim=-1) == labels) & labeled).sum() / labeled.sum().clamp(min=1)
+        return {"loss": loss, "acc": acc.detach()}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:

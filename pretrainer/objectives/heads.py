@@ -111,6 +111,24 @@ class MaskedLMGenerator(nn.Module):
         return self.head.transform(hidden), self.embeddings.word_embeddings.weight, self.head.bias
 
 
+class WidthProjection(nn.Module):
+    """Learned linear maps from the backbone's width to a teacher's (`d_teacher`), `n` of them:
+    distillation's student -> teacher projections (one per hidden-state layer pair, or one for
+    the pooled vector). Trained with the student, never part of the exported backbone."""
+
+    def __init__(self, backbone: nn.Module, d_teacher: int, n: int = 1):
+        super().__init__()
+        self.sizes = {"d_teacher": d_teacher, "n": n}
+        self.maps = nn.ModuleList(nn.Linear(backbone.d_model, d_teacher) for _ in range(n))
+
+    def head_config(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+    def forward(self, hidden: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """(..., C of the backbone) -> (..., d_teacher) through map `i`."""
+        return self.maps[i](hidden)
+
+
 # Head name -> how it is built for a backbone (and, for a head with `head_config`, that config).
 # A run's model.json lists its heads by these names, so `pretraining_model` rebuilds the module
 # without knowing the objective.
@@ -120,6 +138,8 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "sop_head": pair_head_for,
     "rtd_head": rtd_head_for,
     "generator": MaskedLMGenerator,
+    "distill_pooled": WidthProjection,
+    "distill_hidden": WidthProjection,
 }
 
 

@@ -28,7 +28,10 @@ class TokenClassificationObjective:
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         """model is a TokenClassifier; batch["labels"] (B, T) long, IGNORE_INDEX where unlabeled."""
-        logits = model(batch)  # (B, T, num_labels)
+        return {**self.from_logits(model, model(batch), batch), "n_tokens": batch["input_ids"].numel()}
+
+    def from_logits(self, model: nn.Module, logits: torch.Tensor, batch: dict) -> dict:
+        """{"loss", "acc"} of logits (B, T, num_labels) against batch["labels"]."""
         labels = batch["labels"]
         labeled = labels != IGNORE_INDEX
         # Summed then divided, so a batch without a labeled token gives 0, not NaN.
@@ -36,7 +39,7 @@ class TokenClassificationObjective:
         loss = loss_sum / labeled.sum().clamp(min=1)
         correct = (predicted == labels) & labeled
         acc = correct.sum() / labeled.sum().clamp(min=1)
-        return {"loss": loss, "acc": acc.detach(), "n_tokens": batch["input_ids"].numel()}
+        return {"loss": loss, "acc": acc.detach()}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], per_type: bool = False) -> dict:

@@ -22,6 +22,7 @@ from pretrainer.registry import TASKS, TRANSFER_METHODS
 from pretrainer.runs import check_resume
 from pretrainer.training.precision import set_determinism, set_threads
 from pretrainer.transfer.backbone import load_backbone
+from pretrainer.transfer.distill import with_teacher_targets
 from pretrainer.transfer.partial import count_parameters
 
 
@@ -37,13 +38,15 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         check_resume(run_dir, cfg, finetuning_keys(cfg))
     backbone, tokenizer, source = load_backbone(cfg)
     check_input_fits(method.input_length(backbone), backbone, source)
-    splits = task.read_splits(ft, method.encoder(task, tokenizer, method.input_length(backbone)), cfg.run.seed,
-                              uses_labels=method.uses_labels)
+    encode = method.encoder(task, tokenizer, method.input_length(backbone))
+    splits = task.read_splits(ft, encode, cfg.run.seed, uses_labels=method.uses_labels)
     for split, stats in splits.read_stats.items():
         if stats.describe():  # the input policies' skips and strips, never silent
             log(f"{split} ({getattr(ft.data, split)}): {stats.describe()}")
     model = method.build(task, backbone, tokenizer, splits.label_names, log)
     task.prepare(model, splits, log)
+    # Task-specific distillation: the teacher's logits ride in the training data (transfer/distill.py).
+    train_splits, distilled = with_teacher_targets(cfg, task, splits, encode, log) if ft.teacher else (splits, {})
     trainable, total = count_parameters(model)
 
     # Only now, every check passed, is the run directory written: a refused run (a refused
@@ -55,13 +58,13 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         f"{len(splits.subset):,} of {task.size(splits.train):,} {task.unit} "
         f"({len(splits.label_names)} {task.labels_noun}) -> {run_dir}")
     began = time.perf_counter()
-    fitted = method.fit(task, model, splits, run_dir, resume, log)
+    fitted = method.fit(task, model, train_splits, run_dir, resume, log)
     seconds = time.perf_counter() - began
     save_transferable(*method.export(model), run_dir)
 
     results = {**task.record, "init": source, "method": ft.method, "label_fraction": ft.label_fraction,
                "n_labels": len(splits.subset), "seed": cfg.run.seed, "labels": splits.label_names,
-               **fitted, "trainable_params": trainable, "total_params": total,
+               **distilled, **fitted, "trainable_params": trainable, "total_params": total,
                "train_seconds": round(seconds, 1),
                "input": {split: stats.as_dict() for split, stats in splits.read_stats.items()}}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
@@ -80,6 +83,13 @@ def check_finetune_config(cfg: Config) -> None:
     if not ft.data.train:
         raise PretrainerError("config key 'finetune.data.train' is empty: name the labeled training file")
     task.check(ft)
+    if ft.teacher and not TRANSFER_METHODS.get(ft.method).distills:
+        raise PretrainerError(f"config key 'finetune.teacher': method {ft.method!r} does not train by gradient "
+                              f"on a loss, so it cannot learn a teacher's soft labels; use full, freeze, llrd, "
+                              f"lora, soft_prompt or cloze")
+    if ft.distill_unlabeled and not ft.teacher:
+        raise PretrainerError("config key 'finetune.distill_unlabeled' needs finetune.teacher: unlabeled text "
+                              "trains only through a teacher's soft labels")
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")

@@ -251,3 +251,36 @@ def test_sampler_reads_old_per_batch_positions():
     sampler = EpochSampler(100, 4, seed=0)
     sampler.load_state_dict({"epoch": 1, "position": 3})
     assert sampler.state_dict() == {"epoch": 1, "samples": 12}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_distillation_with_two_processes_trains_like_one(tmp_path, parallel):
+    """The teacher is held by the objective (each rank its own copy, never wrapped): two processes
+    distil exactly like one with the same global batch."""
+    from pretrainer.config import TokenizerConfig, load_config
+    from pretrainer.data.tokenizer import train_tokenizer
+    from pretrainer.io import save_weights
+    from pretrainer.models import build_model
+    from pretrainer.runs import write_run_header
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) + "." for _ in range(300)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines))
+    tokenizer = train_tokenizer(lines, TokenizerConfig(vocab_size=120, min_frequency=1))
+    torch.manual_seed(5)
+    teacher = build_model(load_config(None, ["--model.n_layers=3", "--model.d_model=48", "--model.n_heads=2",
+                                             "--model.max_len=32", "--model.dropout=0.0",
+                                             "--model.attn_dropout=0.0"]).model, tokenizer.vocab_size)
+    write_run_header(tmp_path / "teacher", None, teacher, tokenizer)
+    save_weights(teacher, tmp_path / "teacher" / "model.safetensors")
+    cfg = write_run_config(tmp_path)
+    text = cfg.read_text().replace('name = "gpt"', 'name = "bert"\nattn_dropout = 0.0').replace(
+        'name = "clm"', f'name = "distill"\nteacher = "{tmp_path / "teacher"}"')
+    text = text.replace('kind = "bytebpe"', 'kind = "wordpiece"')
+    cfg.write_text(text)
+    one = pretrain(cfg, tmp_path / "one", 1)
+    two = pretrain(cfg, tmp_path / "two", 2, parallel=parallel)
+    assert_same_weights(one, two)
+    torch.testing.assert_close(torch.tensor(train_losses(one)), torch.tensor(train_losses(two)), atol=TOL, rtol=0)
+    assert (two / "teacher.json").is_file()

@@ -17,6 +17,7 @@ from torch import nn
 from pretrainer.config import Config
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
+from pretrainer.objectives.soft_targets import SoftTargets
 from pretrainer.registry import TRANSFER_METHODS
 from pretrainer.runs import load_run, module_spec
 from pretrainer.transfer.select import train_and_select
@@ -31,6 +32,7 @@ class TransferMethod:
     tasks: ClassVar[tuple[str, ...]] = ("classification", "tokens")
     uses_labels: ClassVar[bool] = True  # False: no training label is read (zero-shot)
     reads_lm_head: ClassVar[bool] = False  # True: built on the pre-training module with its MLM head
+    distills: ClassVar[bool] = True  # False: its fit takes no loss, so finetune.teacher cannot apply
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -67,7 +69,10 @@ class TransferMethod:
         def evaluate(m: nn.Module) -> dict:
             return task.evaluate(m, eval_set, splits.label_names, ft.train.batch_size)
 
-        steps = train_and_select(self.cfg, model, task.objective(splits.label_names),
+        objective = task.objective(splits.label_names)
+        if ft.teacher:  # the batches carry the teacher's logits (transfer/distill.py)
+            objective = SoftTargets(objective, ft.distill_alpha, ft.distill_temperature)
+        steps = train_and_select(self.cfg, model, objective,
                                  task.batches(splits, ft.train.batch_size, self.cfg.run.seed), len(splits.subset),
                                  run_dir, evaluate if eval_set is not None else None, has_dev=splits.dev is not None,
                                  metric=task.metric, resume=resume, log=log)

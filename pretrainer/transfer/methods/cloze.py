@@ -41,6 +41,7 @@ class ClozeZeroShot(Cloze):
     """The pre-trained MLM head as it is: no training label is read and nothing trains."""
 
     uses_labels = False
+    distills = False  # nothing trains
 
     def build(self, task, backbone, tokenizer, label_names, log) -> nn.Module:
         model = super().build(task, backbone, tokenizer, label_names, log).requires_grad_(False)

@@ -34,6 +34,7 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight of 0.5 * ||W||^2 against the mean c
 @TRANSFER_METHODS.register("probe")
 class Probe(TransferMethod):
     tasks = ("classification",)
+    distills = False  # a logistic regression on cached features, not a loss fitted by gradient
 
     def build(self, task, backbone, tokenizer, label_names, log) -> nn.Module:
         return super().build(task, backbone.requires_grad_(False), tokenizer, label_names, log)
