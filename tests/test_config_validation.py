@@ -22,10 +22,7 @@ def write(tmp_path, text, name="c.toml"):
 
 # Numeric fields that need no rule of their own, each with the reason.
 NO_RULE_NEEDED: dict[str, str] = {
-    # pretrainer/data/ belongs to the data-input work (issue #20's input policies): holdout must be
-    # in [0, 1) and max_documents >= 0; give them check=fraction-like / non_negative rules there.
-    "TextDataConfig.holdout": "rule to be added with pretrainer/data/text_config.py's input policies",
-    "TextDataConfig.max_documents": "rule to be added with pretrainer/data/text_config.py's input policies",
+    # none today: every int/float field declares its rule
 }
 
 

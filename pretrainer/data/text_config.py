@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pretrainer.config import DataConfig, _field
+from pretrainer.config import DataConfig, _field, between, non_negative
 
 
 @dataclass
@@ -23,5 +23,7 @@ class TextDataConfig(DataConfig):
                                    "space) and report the count, so both tokenizers see the same text; or "
                                    "stop with an error naming the line",
                                    ("strip", "error"))
-    holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty")
-    max_documents: int = _field(0, "read at most this many documents per file (0 = all)")
+    holdout: float = _field(0.01, "fraction of documents held out for evaluation when `eval` is empty",
+                             check=between(0, 1, high_open=True))
+    max_documents: int = _field(0, "read at most this many documents per file (0 = all)",
+                                check=non_negative)
