@@ -1,0 +1,217 @@
+"""The error contract, driven over every sub-command with a generated matrix of bad inputs.
+
+Each case must give exit status 2, exactly one line on stderr, that line naming the file / line /
+config key at fault, no "Traceback" — and leave every run directory of the world byte-identical
+(a failed command never damages a run). The world is built once: a pre-trained BERT run, a GPT
+run, a fine-tuned classifier, a corpus and a labeled file, and a config that works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pretrainer.cli.main import main
+
+WORDS = "good bad fine poor great awful nice dull the a film story".split()
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]  # "{world}" in an argument is replaced by the world's folder
+    names: tuple[str, ...]  # what the one-line error must name
+
+
+def _write_world(root: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choices(WORDS, k=20)) for _ in range(60)) + "\n")
+    rows = [{"text": " ".join(rng.choices(WORDS, k=6)), "label": str(i % 2)} for i in range(40)]
+    (root / "labeled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "good.toml").write_text(_config(root, "run", "bert"))
+    (root / "gpt.toml").write_text(_config(root, "gpt", "gpt", objective="clm"))
+
+
+def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
+    return f"""
+[run]
+dir = "{root / run}"
+[data]
+train = ["{root / 'corpus.txt'}"]
+cache_dir = "{root / 'cache'}"
+[tokenizer]
+vocab_size = 60
+min_frequency = 1
+[model]
+name = "{model}"
+n_layers = 1
+d_model = 16
+n_heads = 2
+max_len = 32
+[objective]
+name = "{objective}"
+[train]
+batch_size = 4
+seq_len = 16
+max_steps = 2
+eval_every = 0
+save_every = 0
+[impl]
+progress = false
+[finetune]
+init = "{root / run}"
+dir = "{root / run / 'finetune'}"
+max_len = 32
+[finetune.data]
+train = "{root / 'labeled.jsonl'}"
+dev = "{root / 'labeled.jsonl'}"
+[finetune.train]
+max_steps = 2
+epochs = 0.0
+[curve]
+fractions = [0.5]
+seeds = [0]
+[compare]
+variants = ["{root / 'good.toml'}"]
+max_steps = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    _write_world(root)
+    for config in ("good.toml", "gpt.toml"):
+        assert main(["pretrain", str(root / config)]) == 0
+    assert main(["finetune", str(root / "good.toml")]) == 0
+    assert main(["export", str(root / "run"), str(root / "hf")]) == 0
+    return root
+
+
+# ------------------------------------------------------------------ the matrix
+
+CONFIG_COMMANDS = [("prepare",), ("pretrain",), ("pretrain", "--resume"), ("finetune",), ("curve",), ("compare",),
+                   ("evaluate",), ("evaluate", "--finetuned"), ("distill",), ("config",)]
+
+# Bad config files and bad values, each (id, file name written under the world, file text or None for
+# "use good.toml", overrides, what the error must name).
+BAD_CONFIGS = [
+    ("missing-file", "nope.toml", None, (), ("nope.toml",)),
+    ("toml-syntax", "syntax.toml", "[train\nlr = 1\n", (), ("syntax.toml",)),
+    ("yaml-syntax", "syntax.yaml", "train:\n  lr: [1, 2\n", (), ("syntax.yaml:3:1",)),
+    ("json-syntax", "syntax.json", '{"train": {"lr": }}', (), ("syntax.json",)),
+    ("not-a-table", "list.json", "[1, 2]", (), ("list.json",)),
+    ("unknown-section", "good.toml", None, ("--trian.lr=1",), ("trian",)),
+    ("unknown-key", "good.toml", None, ("--train.learning_rate=1",), ("train.learning_rate",)),
+    ("wrong-type", "good.toml", None, ("--train.lr=fast",), ("train.lr",)),
+    ("bad-choice", "good.toml", None, ("--train.schedule=zigzag",), ("train.schedule",)),
+    ("unknown-model", "good.toml", None, ("--model.name=resnet9000",), ("model.name",)),
+    ("negative-lr", "good.toml", None, ("--train.lr=-0.001",), ("train.lr",)),
+    ("zero-batch", "good.toml", None, ("--train.batch_size=0",), ("train.batch_size",)),
+    ("heads-divide-width", "good.toml", None, ("--model.n_heads=3",), ("model.n_heads",)),
+    ("mask-rate", "good.toml", None, ("--objective.mask_rate=1.5",), ("objective.mask_rate",)),
+    ("label-fraction", "good.toml", None, ("--finetune.label_fraction=0",), ("finetune.label_fraction",)),
+    ("budget-format", "good.toml", None, ("--train.budget=soon",), ("train.budget",)),
+    ("mixture-weights", "good.toml", None, ('--objective.weights=[1.0]',), ("objective.weights",)),
+]
+
+
+# Cross-section rules of pre-training (model x objective, lengths against the position table) are
+# checked by the commands that pre-train, not when any config loads: a fine-tuning config need not
+# describe a pre-training that fits. A new run ("fresh") must not even be created.
+PRETRAINING_COMMANDS = [("pretrain",), ("pretrain", "--resume"), ("distill",)]
+BAD_PRETRAINING = [
+    ("seq-beyond-positions", "good.toml", None, ("--train.seq_len=64", "--objective.teacher={world}/run"),
+     ("train.seq_len",)),
+    ("causal-lm-on-encoder", "good.toml", None, ("--objective.name=clm",), ("objective.name",)),
+]
+
+
+def _config_cases() -> list[Case]:
+    cases = []
+    for commands, bad in ((CONFIG_COMMANDS, BAD_CONFIGS), (PRETRAINING_COMMANDS, BAD_PRETRAINING)):
+        for command, (bad_id, name, _text, overrides, names) in itertools.product(commands, bad):
+            if command == ("distill",) and bad_id == "causal-lm-on-encoder":
+                continue  # distill names its own objective
+            fresh = ("--run.dir={world}/fresh",) if command in (("pretrain",), ("distill",)) else ()
+            cases.append(Case(f"{'-'.join(c.lstrip('-') for c in command)}:{bad_id}",
+                              (command[0], f"{{world}}/{name}", *command[1:], *overrides, *fresh), names))
+    return cases
+
+
+# Bad inputs to the commands that read a run directory or a folder.
+RUN_CASES = [
+    Case("generate:no-run", ("generate", "{world}/absent"), ("absent",)),
+    Case("generate:run-is-file", ("generate", "{world}/corpus.txt"), ("corpus.txt",)),
+    Case("generate:not-causal", ("generate", "{world}/run"), ("run",)),
+    Case("generate:top-p-zero", ("generate", "{world}/gpt", "--top-p", "0"), ("top-p",)),
+    Case("generate:negative-new-tokens", ("generate", "{world}/gpt", "--max-new-tokens", "-5"),
+         ("max-new-tokens",)),
+    Case("generate:zero-temperature", ("generate", "{world}/gpt", "--temperature", "0"), ("temperature",)),
+    Case("generate:negative-top-k", ("generate", "{world}/gpt", "--top-k", "-1"), ("top-k",)),
+    Case("generate:zero-samples", ("generate", "{world}/gpt", "--num-samples", "0"), ("num-samples",)),
+    Case("export:no-run", ("export", "{world}/absent", "{world}/out"), ("absent",)),
+    Case("export:run-is-file", ("export", "{world}/corpus.txt", "{world}/out"), ("corpus.txt",)),
+    Case("export:into-a-run", ("export", "{world}/gpt", "{world}/run"), ("run",)),
+    Case("export:unknown-architecture", ("export", "{world}/run", "{world}/out", "--architecture", "Nope"),
+         ("Nope",)),
+    Case("import:no-folder", ("import", "{world}/absent", "{world}/imported"), ("absent",)),
+    Case("import:a-file", ("import", "{world}/corpus.txt", "{world}/imported"), ("corpus.txt",)),
+    Case("import:not-hf", ("import", "{world}/run", "{world}/imported"), ("config.json",)),
+    Case("distill:no-teacher", ("distill", "{world}/good.toml", "--run.dir={world}/fresh"), ("objective.teacher",)),
+    Case("distill:teacher-absent", ("distill", "{world}/good.toml", "--run.dir={world}/fresh",
+                                    "--objective.teacher={world}/absent"), ("absent",)),
+    Case("distill:finetune-teacher-absent", ("distill", "{world}/good.toml", "--finetune.dir={world}/fresh",
+                                             "--finetune.teacher={world}/absent"), ("absent",)),
+    Case("import:over-a-run", ("import", "{world}/hf", "{world}/gpt"), ("gpt",)),
+]
+
+CASES = _config_cases() + RUN_CASES
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Hash of every file of the world's run directories (the inputs are rewritten by cases)."""
+    out = {"fresh exists": str((root / "fresh").exists())}  # a refused new run is never created
+    for run in ("run", "gpt"):
+        for path in sorted((root / run).rglob("*")):
+            if path.is_file():
+                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _write_bad_config(world: Path, case: Case) -> None:
+    for bad_id, name, text, _overrides, _names in BAD_CONFIGS + BAD_PRETRAINING:
+        if case.id.endswith(f":{bad_id}") and text is not None:
+            (world / name).write_text(text)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_harmless(world, case, capsys):
+    _write_bad_config(world, case)
+    before = _snapshot(world)
+    argv = [a.replace("{world}", str(world)) for a in case.argv]
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, f"exit {code}; stderr: {err[-500:]}"
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for name in case.names:
+        assert name in err, f"{name!r} not named in: {err}"
+    assert _snapshot(world) == before, "a failed command changed a run directory"
+
+
+def test_the_matrix_covers_every_sub_command():
+    from pretrainer.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    covered = {c.argv[0] for c in CASES}
+    # demo takes no input a user can get wrong beyond its folder, checked in tests/test_demo.py
+    assert set(sub.choices) - {"demo"} <= covered, set(sub.choices) - covered
