@@ -1,3 +1,4 @@
+import errno
 import os
 
 import numpy as np
@@ -81,11 +82,13 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
     def dies_on_second_file(path, tensors, metadata):
         calls.append(path)
         if len(calls) == 2:
-            raise OSError("disk full (simulated)")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, tensors, metadata)
 
     monkeypatch.setattr(ckpt_mod, "write_safetensors", dies_on_second_file)
-    with pytest.raises(OSError, match="simulated"):
+    # One line: what failed, and which checkpoint a resume would use.
+    with pytest.raises(PretrainerError, match=r"optimizer.safetensors: disk full while saving the checkpoint of "
+                                              r"step 2; the last good checkpoint is .*step_000001 \("):
         save_checkpoint(tmp_path, 2, model, opt, {"n": 2})
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_000001"]
@@ -93,10 +96,10 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
 
     # A crash after the folder is renamed but before `latest` moves: latest still names step 1.
     def no_latest(path, text):
-        raise OSError("killed (simulated)")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(ckpt_mod, "atomic_write_text", no_latest)
-    with pytest.raises(OSError):
+    with pytest.raises(PretrainerError, match=r"write failed \(Input/output error\) .*step_000001"):
         save_checkpoint(tmp_path, 2, model, opt, {"n": 2})
     monkeypatch.undo()
     ck = load_latest_checkpoint(tmp_path)
