@@ -160,15 +160,19 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
         _write_checkpoint(ckpt_dir, tmp, name, step, model, optimizer, extra_state)
         atomic_write_text(ckpt_dir / "latest", name + "\n")
     except OSError as e:
-        raise PretrainerError(_write_failed(e, ckpt_dir, step)) from None
+        raise PretrainerError(_write_failed(e, ckpt_dir / name, step)) from None
     _prune(ckpt_dir, keep, step)
     return ckpt_dir / name
 
 
-def _write_failed(e: OSError, ckpt_dir: Path, step: int) -> str:
-    what = "disk full" if is_disk_full(e) else f"write failed ({e.strerror or e})"
-    return (f"{e.filename or ckpt_dir}: {what} while saving the checkpoint of step {step}; "
-            f"{last_good_checkpoint(ckpt_dir.parent)}")
+def _write_failed(e: OSError, target: Path, step: int) -> str:
+    """One line: the checkpoint that could not be written, why, and the one a resume would use."""
+    what = "disk full" if is_disk_full(e) else "write failed"
+    detail = e.strerror or str(e)
+    if e.filename:
+        detail += f", writing {Path(e.filename).name}"
+    return (f"{target}: {what} while saving the checkpoint of step {step} ({detail}); "
+            f"{last_good_checkpoint(target.parent.parent)}")
 
 
 def last_good_checkpoint(run_dir: str | os.PathLike) -> str:

@@ -451,7 +451,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         if not is_disk_full(e):
             raise
         mark_group_broken()  # only this rank stops here: the others must not be waited for
-        raise PretrainerError(f"{e.filename or run_dir}: disk full at step {step}; "
+        raise PretrainerError(f"{e.filename or run_dir}: disk full at step {step} ({e.strerror}); "
                               f"{last_good_checkpoint(run_dir)}") from None
     except RuntimeError as e:
         if not is_collective_failure(e):
