@@ -45,6 +45,7 @@ import datetime
 import gc
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,6 +134,17 @@ def is_collective_failure(e: BaseException) -> bool:
     if not is_distributed():
         return False
     return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo" in str(e).lower())
+
+
+def collective_failure_reason(e: BaseException) -> str:
+    """The gist of a collective's error: gloo's source location and advice dropped.
+
+    '[.../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:60605: Connection reset by
+    peer. This is typically caused by ...' -> 'Read error [127.0.0.1]:60605: Connection reset by peer'
+    """
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]
 
 
 def mark_group_broken() -> None:

@@ -32,10 +32,10 @@ from torch import nn
 from pretrainer.errors import PretrainerError
 from pretrainer.io import is_disk_full, save_weights, unwrap
 from pretrainer.training.checkpoint import last_good_checkpoint, load_latest_checkpoint, save_checkpoint
-from pretrainer.training.distributed import (barrier, call_objective, full_state, full_tensor,
-                                             give_ranks_own_rng_streams, init_distributed, is_collective_failure,
-                                             mark_group_broken, mean_over_ranks, parallelize, rank0_says,
-                                             restore_checkpoint, share_lrs)
+from pretrainer.training.distributed import (barrier, call_objective, collective_failure_reason, full_state,
+                                             full_tensor, give_ranks_own_rng_streams, init_distributed,
+                                             is_collective_failure, mark_group_broken, mean_over_ranks, parallelize,
+                                             rank0_says, restore_checkpoint, share_lrs)
 from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.prefetch import PrefetchLoader
@@ -338,8 +338,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
             raise PretrainerError(f"{where}: the loss or gradient norm is not finite (NaN or inf), so training "
                                   f"stopped (train.on_nonfinite = \"stop\"); {last_good_checkpoint(run_dir)}")
         raise PretrainerError(f"step {step}: {total} steps skipped for a non-finite loss or gradient norm, "
-                              f"more than train.max_skips = {train_cfg.max_skips} (the latest at or after "
-                              f"{where}); {last_good_checkpoint(run_dir)}")
+                              f"more than train.max_skips = {train_cfg.max_skips}; {last_good_checkpoint(run_dir)}")
 
     def log_train(lr: float) -> None:
         nonlocal window, last_train
@@ -457,9 +456,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         if not is_collective_failure(e):
             raise
         mark_group_broken()
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
         raise PretrainerError(f"rank {dist.get_rank()}: lost contact with the other processes at step {step} "
-                              f"({reason}); {last_good_checkpoint(run_dir)}") from None
+                              f"({collective_failure_reason(e)}); {last_good_checkpoint(run_dir)}") from None
     finally:
         if batches is not train_batches:
             batches.close()  # leaves train_batches at the last consumed batch

@@ -17,7 +17,7 @@ from fault_runs import assert_bit_identical, cli, env, weights, write_config
 from pretrainer.training.checkpoint import latest_checkpoint_path, load_checkpoint
 
 KILLS = 20
-MAX_STEPS, SAVE_EVERY = 300, 3
+MAX_STEPS, SAVE_EVERY = 200, 3
 
 
 class Watched:
@@ -64,10 +64,10 @@ def schedule(rng: random.Random) -> list[dict]:
     then, shuffled, 10 kills inside the N-th save of the resumed process (every stage at least
     once) and 9 more at a random moment after it resumed."""
     stages = list(STAGES) + [rng.choice(STAGES) for _ in range(10 - len(STAGES))]
-    later = [{"stage": s, "save": rng.randint(1, 3)} for s in stages] + [{"delay": rng.uniform(0, 0.6)}
+    later = [{"stage": s, "save": rng.randint(1, 3)} for s in stages] + [{"delay": rng.uniform(0, 0.4)}
                                                                           for _ in range(KILLS - 11)]
     rng.shuffle(later)
-    return [{"delay": rng.uniform(0, 0.6)}] + later
+    return [{"delay": rng.uniform(0, 0.4)}] + later
 
 
 @pytest.mark.faults
