@@ -97,6 +97,9 @@ def _device_for(impl, local_rank: int, world_size: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+_group_broken = False  # set once a collective failed or one rank stopped alone: no more waiting for the others
+
+
 def init_distributed(impl) -> DistInfo:
     """Join the process group torchrun set up (once); a no-op outside torchrun.
 
@@ -115,15 +118,14 @@ def init_distributed(impl) -> DistInfo:
     # torch's own default (30 minutes for gloo) would keep a job whose peer hangs waiting that long.
     text = getattr(impl, "dist_timeout", "10m")
     timeout = datetime.timedelta(seconds=parse_duration(text, "impl.dist_timeout")) if text else None
+    global _group_broken
+    _group_broken = False
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
         dist.init_process_group("gloo", timeout=timeout)
     return DistInfo(rank, world, local_rank, device)
-
-
-_group_broken = False  # set once a collective failed: the other processes are gone
 
 
 def is_collective_failure(e: BaseException) -> bool:

@@ -130,8 +130,12 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
     metrics = {key: _as_float64(value, device) / accum for key, value in sums.items()}
     metrics["grad_norm"] = grad_norm.detach().double()
     metrics["n_tokens"] = n_tokens
-    nonfinite = ~torch.isfinite(metrics["loss"]) if "loss" in metrics else torch.zeros((), dtype=torch.bool)
-    metrics["nonfinite"] = nonfinite if bad_grads is None else nonfinite | bad_grads.to(nonfinite.device)
+    loss = metrics.get("loss")
+    nonfinite = (~torch.isfinite(loss) if loss is not None
+                 else torch.zeros((), dtype=torch.bool, device=metrics["grad_norm"].device))
+    if bad_grads is not None:
+        nonfinite = nonfinite | bad_grads.to(nonfinite.device)
+    metrics["nonfinite"] = nonfinite
     return metrics
 
 

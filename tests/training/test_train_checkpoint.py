@@ -109,6 +109,24 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
     assert load_latest_checkpoint(tmp_path).extra == {"n": 2}
 
 
+def test_a_full_disk_in_safetensors_is_an_oserror_with_its_errno(tmp_path):
+    """safetensors reports a failed write as its own error type; the errno must survive, so a
+    full disk is told from a bug (here a file-size limit: EFBIG, as the fault tests use)."""
+    import resource
+
+    from pretrainer.io import is_disk_full, write_safetensors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: the write fails
+    try:
+        with pytest.raises(OSError) as caught:
+            write_safetensors(tmp_path / "big.safetensors", {"w": torch.zeros(10_000)}, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert caught.value.errno == errno.EFBIG and is_disk_full(caught.value)
+    assert caught.value.filename == str(tmp_path / "big.safetensors")
+
+
 def test_tied_weights_round_trip(tmp_path):
     model, _ = _trained(tie=True)
     save_weights(model, tmp_path / "model.safetensors")
