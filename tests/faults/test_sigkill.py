@@ -4,6 +4,7 @@ bit-identical to a run that was never interrupted."""
 
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from pretrainer.training.checkpoint import latest_checkpoint_path, load_checkpoi
 
 KILLS = 20
 MAX_STEPS, SAVE_EVERY = 200, 3
+TIMED_WITHIN = 8  # a timed kill comes within this many steps' time after the process resumed
 
 
 class Watched:
@@ -62,12 +64,20 @@ def half_saved(run_dir: Path) -> set[str]:
 def schedule(rng: random.Random) -> list[dict]:
     """Kill 0 at a random moment after the first checkpoint (a run with none has nothing to resume);
     then, shuffled, 10 kills inside the N-th save of the resumed process (every stage at least
-    once) and 9 more at a random moment after it resumed."""
+    once) and 9 more at a random moment after it resumed. Moments are drawn in steps' time, so
+    the 20 kills fit in the run on a fast machine as on a slow one."""
     stages = list(STAGES) + [rng.choice(STAGES) for _ in range(10 - len(STAGES))]
-    later = [{"stage": s, "save": rng.randint(1, 3)} for s in stages] + [{"delay": rng.uniform(0, 0.4)}
+    later = [{"stage": s, "save": rng.randint(1, 3)} for s in stages] + [{"steps": rng.uniform(0, TIMED_WITHIN)}
                                                                           for _ in range(KILLS - 11)]
     rng.shuffle(later)
-    return [{"delay": rng.uniform(0, 0.4)}] + later
+    return [{"steps": rng.uniform(0, TIMED_WITHIN)}] + later
+
+
+def seconds_per_step(stdout: str) -> float:
+    """From the run's last line, `trained N steps in Xs; ...`."""
+    found = re.search(r"trained (\d+) steps in ([\d.]+)s", stdout)
+    assert found, stdout[-2000:]
+    return float(found.group(2)) / int(found.group(1))
 
 
 @pytest.mark.faults
@@ -76,12 +86,14 @@ def test_twenty_sigkills_resume_to_bit_identical_weights(tmp_path):
     cfg = write_config(tmp_path, straight, max_steps=MAX_STEPS, save_every=SAVE_EVERY)
     done = subprocess.run(cli("pretrain", str(cfg)), capture_output=True, text=True, env=env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    step_s = seconds_per_step(done.stdout)
 
     killed = tmp_path / "killed"
     cfg = write_config(tmp_path, killed, max_steps=MAX_STEPS, save_every=SAVE_EVERY)
     plan = schedule(random.Random(20))
     survived = in_write = 0
     stages_hit = set()
+    resume_steps = []
     for i, kill in enumerate(plan):
         args = ["pretrain", str(cfg)] + (["--resume"] if i else [])
         fault = {"kill_in_save": kill["save"], "stage": kill["stage"]} if "stage" in kill else None
@@ -92,7 +104,7 @@ def test_twenty_sigkills_resume_to_bit_identical_weights(tmp_path):
                 wait_for(lambda: (killed / "checkpoints" / "latest").exists(), proc, "the first checkpoint")
             else:
                 wait_for(proc.resumed.is_set, proc, "resuming")
-            time.sleep(kill["delay"])
+            time.sleep(kill["steps"] * step_s)
             os.kill(proc.proc.pid, signal.SIGKILL)
         code = proc.wait()
         assert code == -signal.SIGKILL, f"kill {i} ({kill}): exit code {code}\n{''.join(proc.lines)[-3000:]}"
@@ -104,6 +116,7 @@ def test_twenty_sigkills_resume_to_bit_identical_weights(tmp_path):
         # What --resume will read is a whole checkpoint, whatever the moment of the kill.
         ckpt = load_checkpoint(latest_checkpoint_path(killed))
         assert 0 < ckpt.step < MAX_STEPS and not (killed / "model.safetensors").exists()
+        resume_steps.append(ckpt.step)
 
     done = subprocess.run(cli("pretrain", str(cfg), "--resume"), capture_output=True, text=True, env=env(),
                           timeout=300)
@@ -113,4 +126,4 @@ def test_twenty_sigkills_resume_to_bit_identical_weights(tmp_path):
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith(".")]
     assert leftovers == []
     print(f"\nSIGKILL: {survived}/{KILLS} kills survived, {in_write} inside a checkpoint write "
-          f"({len(stages_hit)} stages); final weights bit-identical")
+          f"({len(stages_hit)} stages); final weights bit-identical; resumed from steps {resume_steps}")
