@@ -297,8 +297,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     if resume:
         ckpt = load_latest_checkpoint(run_dir)
         if ckpt is None:
-            raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from (the run stopped "
-                                  f"before its first checkpoint); start it again without --resume")
+            raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from; a run stopped "
+                                  f"before its first checkpoint starts again without --resume")
         state = restore_checkpoint(ckpt, model, optimizer)  # weights, optimizer, RNG
         schedule.load_state_dict(state["schedule"])
         train_batches.load_state_dict(state["loader"])
