@@ -18,7 +18,7 @@ from fault_runs import assert_bit_identical, cli, env, weights, write_config
 from pretrainer.training.checkpoint import latest_checkpoint_path, load_checkpoint
 
 KILLS = 20
-MAX_STEPS, SAVE_EVERY = 200, 3
+MAX_STEPS, SAVE_EVERY = 120, 3
 TIMED_WITHIN = 8  # a timed kill comes within this many steps' time after the process resumed
 
 
