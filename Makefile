@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lint test test-dist test-extra test-all install clean
+.PHONY: demo lint test test-dist test-extra test-faults test-all install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ test: lint
 test-dist: $(STAMP)
 	$(PY) -m pytest -q -m distributed
 
-# What the default run leaves out, GPU tests aside: multi-process and slow tests. CI's second step.
+# What the default run leaves out, GPU tests aside: multi-process, slow and fault-injection tests.
+# CI's second step.
 test-extra: $(STAMP)
-	$(PY) -m pytest -q -m 'distributed or slow'
+	$(PY) -m pytest -q -m 'distributed or slow or faults'
 
-# Everything: the default run, multi-process, slow and (on a CUDA machine) GPU tests.
+# Fault injection alone (SIGKILL mid-save, full disk, NaN loss, a rank killed); prints its figures.
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -s -m faults tests/faults
+
+# Everything: the default run, multi-process, slow, fault-injection and (on a CUDA machine) GPU tests.
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 

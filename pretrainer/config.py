@@ -284,6 +284,12 @@ class TrainConfig:
     keep_checkpoints: int = _field(2, "how many recent checkpoints to keep (0 = all)", check=non_negative,
                                    resume=RESUME_FREE)
     log_every: int = _field(10, "log metrics every N steps (0 = never)", check=non_negative, resume=RESUME_FREE)
+    on_nonfinite: str = _field("stop", "a step whose loss or gradient norm is NaN or inf: stop the run naming the "
+                                       "step (checkpoints written before it are kept), or skip its update (no "
+                                       "optimizer step) and go on; checked when metrics are logged, before each "
+                                       "checkpoint and at the end", ("stop", "skip"), resume=RESUME_FREE)
+    max_skips: int = _field(10, "on_nonfinite = skip: stop once more than this many steps were skipped in all",
+                            check=non_negative, resume=RESUME_FREE)
 
     def check(self) -> None:
         counts_steps = not self.budget and not self.epochs
@@ -308,6 +314,11 @@ class ImplConfig:
                            ("ddp", "fsdp"), resume=RESUME_FREE)
     prefetch: bool = _field(True, "build the next training batch in a background thread while the step "
                                   "runs (resume stays exact); false builds it between steps", resume=RESUME_FREE)
+    dist_timeout: str = _field("10m", "under torchrun: how long a collective waits for the other processes "
+                                      "before the job fails (a hung process; a killed one is noticed at once); "
+                                      "rank 0 prepares the data while the others wait, so a corpus that takes "
+                                      "longer needs `pretrainer prepare` first (empty = torch's default)",
+                               check=duration, resume=RESUME_FREE)
 
 
 @dataclass

@@ -10,10 +10,12 @@ names are kept in the file's metadata.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
@@ -138,8 +140,29 @@ def model_tensors(model: nn.Module | dict) -> tuple[dict[str, torch.Tensor], dic
     return tensors, aliases
 
 
+# What a full disk looks like: no space, a quota reached, or a file-size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_file(tensors, str(path), metadata=metadata)
+    """`save_file` and fsync; a failed write is an OSError with its errno, as Python's own writes give.
+
+    safetensors writes in Rust and reports an I/O error as a SafetensorError whose message
+    ends in `(os error N)`; turning it back into OSError(N) lets callers tell a full disk
+    from a bug.
+    """
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if isinstance(e, OSError) or not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
     fsync_file(path)
 
 

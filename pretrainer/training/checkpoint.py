@@ -9,8 +9,11 @@ Layout of one checkpoint (`run_dir/checkpoints/step_000200/`):
                          states, and `extra_state` (schedule, data loader position, ...)
 
 A checkpoint is built in a hidden temporary folder, renamed into place, and only then is
-`checkpoints/latest` (a text file naming the folder) replaced. A crash at any point leaves
-`latest` naming the previous complete checkpoint.
+`checkpoints/latest` (a text file naming the folder) replaced; older checkpoints are
+removed only after that. A crash at any point (tests/faults kills the process inside
+each of these stages) leaves `latest` naming a complete checkpoint, and a failed write
+(a full disk) leaves the previous one in place and is reported as a one-line error
+naming it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch
 from torch import nn
 
 from pretrainer.errors import PretrainerError
-from pretrainer.io import (TIED_KEY, atomic_write_text, fsync_file, fsync_path, load_model_state, model_tensors,
-                          read_model_state, read_safetensors, write_safetensors)
+from pretrainer.io import (TIED_KEY, atomic_write_text, fsync_file, fsync_path, is_disk_full, load_model_state,
+                          model_tensors, read_model_state, read_safetensors, write_safetensors)
 
 FORMAT = "pretrainer-checkpoint/1"
 
@@ -146,11 +149,44 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
     `model` and `optimizer` may be given as their (full, gathered) state dicts instead.
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
-    for leftover in ckpt_dir.glob(".tmp-*"):  # from a save that was killed midway
-        shutil.rmtree(leftover, ignore_errors=True)
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in ckpt_dir.glob(".tmp-*"):  # from a save that was killed midway
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in ckpt_dir.glob(".latest.tmp-*"):  # `latest` half-written by a killed process
+            leftover.unlink(missing_ok=True)
+        _write_checkpoint(ckpt_dir, tmp, name, step, model, optimizer, extra_state)
+        atomic_write_text(ckpt_dir / "latest", name + "\n")
+    except OSError as e:
+        raise PretrainerError(_write_failed(e, ckpt_dir / name, step)) from None
+    _prune(ckpt_dir, keep, step)
+    return ckpt_dir / name
+
+
+def _write_failed(e: OSError, target: Path, step: int) -> str:
+    """One line: the checkpoint that could not be written, why, and the one a resume would use."""
+    what = "disk full" if is_disk_full(e) else "write failed"
+    detail = e.strerror or str(e)
+    if e.filename:
+        detail += f", writing {Path(e.filename).name}"
+    return (f"{target}: {what} while saving the checkpoint of step {step} ({detail}); "
+            f"{last_good_checkpoint(target.parent.parent)}")
+
+
+def last_good_checkpoint(run_dir: str | os.PathLike) -> str:
+    """A clause for error messages: which checkpoint a `--resume` would continue from."""
+    try:
+        path = latest_checkpoint_path(run_dir)
+    except (PretrainerError, OSError):
+        path = None
+    if path is None or not path.is_dir():
+        return f"there is no checkpoint in {Path(run_dir) / 'checkpoints'} to resume from"
+    return f"the last good checkpoint is {path} (continue from it with --resume)"
+
+
+def _write_checkpoint(ckpt_dir: Path, tmp: Path, name: str, step: int, model, optimizer, extra_state) -> None:
     tmp.mkdir()
     try:
         tensors, aliases = model_tensors(model)
@@ -185,9 +221,6 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | di
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(ckpt_dir)
-    atomic_write_text(ckpt_dir / "latest", name + "\n")
-    _prune(ckpt_dir, keep, step)
-    return final
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

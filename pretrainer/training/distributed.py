@@ -32,13 +32,20 @@ global samples (see `data.loader.EpochSampler`). So a run saved by N processes r
 M; with the same global batch (batch_size * N == batch_size' * M) it continues exactly as
 if it had never stopped. Every rank reads the checkpoint itself: on several nodes the run
 directory must be on a shared file system.
+
+When a process dies, the job fails fast rather than hang: torchrun stops the other
+processes at once and names the one that failed; a process left waiting in a collective
+(its peer's connection gone, or nothing heard for `impl.dist_timeout`) stops with a
+one-line error naming the last checkpoint, from which `--resume` continues.
 """
 
 from __future__ import annotations
 
+import datetime
 import gc
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +58,7 @@ from pretrainer.errors import PretrainerError
 from pretrainer.io import unwrap
 from pretrainer.training.checkpoint import Checkpoint, restore, set_rng_state
 from pretrainer.training.precision import resolve_device
+from pretrainer.training.schedule import parse_duration
 
 PARALLEL_KINDS = ("ddp", "fsdp")
 
@@ -89,6 +97,9 @@ def _device_for(impl, local_rank: int, world_size: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+_group_broken = False  # set once a collective failed or one rank stopped alone: no more waiting for the others
+
+
 def init_distributed(impl) -> DistInfo:
     """Join the process group torchrun set up (once); a no-op outside torchrun.
 
@@ -104,12 +115,44 @@ def init_distributed(impl) -> DistInfo:
         return DistInfo(0, 1, 0, resolve_device(impl))
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = _device_for(impl, local_rank, world)
+    # torch's own default (30 minutes for gloo) would keep a job whose peer hangs waiting that long.
+    text = getattr(impl, "dist_timeout", "10m")
+    timeout = datetime.timedelta(seconds=parse_duration(text, "impl.dist_timeout")) if text else None
+    global _group_broken
+    _group_broken = False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return DistInfo(rank, world, local_rank, device)
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether `e` says a collective failed (a peer process died, or timed out), not a bug here.
+
+    NCCL raises torch's DistError types; gloo a plain RuntimeError naming gloo.
+    """
+    if not is_distributed():
+        return False
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo" in str(e).lower())
+
+
+def collective_failure_reason(e: BaseException) -> str:
+    """The gist of a collective's error: gloo's source location and advice dropped.
+
+    '[.../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:60605: Connection reset by
+    peer. This is typically caused by ...' -> 'Read error [127.0.0.1]:60605: Connection reset by peer'
+    """
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+def mark_group_broken() -> None:
+    """No more collectives: teardown must not wait at a barrier for processes that are gone."""
+    global _group_broken
+    _group_broken = True
 
 
 def shutdown_distributed() -> None:
@@ -119,7 +162,8 @@ def shutdown_distributed() -> None:
         # ("terminate called without an active exception"). Collect them while it still exists,
         # and let every rank reach teardown before any destroys the group.
         gc.collect()
-        dist.barrier()
+        if not _group_broken:
+            dist.barrier()
         dist.destroy_process_group()
 
 

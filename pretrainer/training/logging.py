@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from pretrainer.io import atomic_write_text
+
 
 class MetricsLogger:
     """Appends metric records to `run_dir/metrics.jsonl` and TensorBoard (`run_dir/tb`).
@@ -34,7 +36,8 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and _step_of_record(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            # Atomic: a process killed here must not lose the records before resume_step.
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _writer(self):
@@ -66,7 +69,10 @@ class MetricsLogger:
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # only a write that already failed (and was reported: a full disk) leaves data to flush
         if self._tb is not None:
             self._tb.close()
 

@@ -3,11 +3,21 @@
 `train_step` takes one optimizer step over `accum` micro-batches; `fit` repeats it under
 the learning-rate schedule, logs, evaluates, checkpoints, and resumes exactly where a
 checkpoint left off.
+
+A step whose loss or gradient norm is not finite is handled by `train.on_nonfinite`:
+"stop" ends the run with an error naming the step, "skip" drops that step's update and
+goes on, up to `train.max_skips` skipped steps. The check adds no host read per step:
+each step's flag stays on the device (the gradient norm is computed for clipping anyway)
+and is read with the metrics on log steps, before every checkpoint (so no checkpoint
+holds weights a non-finite step touched) and at the end. Skipping is decided on the
+device too: the fused AdamW takes a `found_inf` flag (as it does from a GradScaler) and
+leaves weights, moments and step count untouched when it is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -20,11 +30,12 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrainer.errors import PretrainerError
-from pretrainer.io import save_weights, unwrap
-from pretrainer.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from pretrainer.training.distributed import (barrier, call_objective, full_state, full_tensor,
-                                             give_ranks_own_rng_streams, init_distributed, mean_over_ranks,
-                                             parallelize, rank0_says, restore_checkpoint, share_lrs)
+from pretrainer.io import is_disk_full, save_weights, unwrap
+from pretrainer.training.checkpoint import last_good_checkpoint, load_latest_checkpoint, save_checkpoint
+from pretrainer.training.distributed import (barrier, call_objective, collective_failure_reason, full_state,
+                                             full_tensor, give_ranks_own_rng_streams, init_distributed,
+                                             is_collective_failure, mark_group_broken, mean_over_ranks, parallelize,
+                                             rank0_says, restore_checkpoint, share_lrs)
 from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.prefetch import PrefetchLoader
@@ -54,16 +65,20 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: torch.optim.Optimizer,
                accum: int = 1, autocast_ctx=None, grad_clip: float = 0.0, *,
-               scaler: torch.amp.GradScaler | None = None, device: torch.device | None = None) -> dict:
+               scaler: torch.amp.GradScaler | None = None, device: torch.device | None = None,
+               skip_nonfinite: bool = False) -> dict:
     """One optimizer step over `accum` micro-batches drawn from `batches`.
 
     Each micro-batch loss is divided by `accum`, so with mean-reduced losses the gradient
     equals that of one batch `accum` times larger. Returns the objective's metrics averaged
     over micro-batches and `grad_norm` (before clipping) as detached float64 0-d tensors on
-    the device, this rank's own, and `n_tokens` summed (an int). Nothing is read back to
-    the host, so the device is not waited for: `fit` reads metrics (and averages them over
-    ranks) only when it logs. `autocast_ctx` is a re-enterable context manager (see
-    `precision.autocast`).
+    the device, this rank's own, `n_tokens` summed (an int), and `nonfinite`, a 0-d bool
+    tensor: the loss or the gradient norm was NaN or inf. Nothing is read back to the host,
+    so the device is not waited for: `fit` reads metrics (and averages them over ranks) only
+    when it logs. `autocast_ctx` is a re-enterable context manager (see `precision.autocast`).
+
+    With `skip_nonfinite` a step whose gradient norm is not finite changes nothing (see the
+    module docstring); the norm is of the all-reduced gradients, so every rank skips alike.
     """
     autocast_ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
     sums: dict[str, torch.Tensor | float] = {}
@@ -98,17 +113,47 @@ def train_step(model: nn.Module, objective, batches: Iterator[dict], optimizer: 
         if grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm, foreach=True)
     if scaler is not None:
-        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        # Skips the step when fp16 gradients overflowed: an overflow is the scaler's business,
+        # so only a non-finite loss counts as non-finite below.
+        scaler.step(optimizer)
         scaler.update()
+        bad_grads = None
     else:
-        optimizer.step()
+        bad_grads = ~torch.isfinite(grad_norm.detach())
+        if skip_nonfinite:
+            _step_unless(optimizer, bad_grads)
+        else:
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
     # float64 from here on, as the Python floats these once were: window means stay the same.
     metrics = {key: _as_float64(value, device) / accum for key, value in sums.items()}
     metrics["grad_norm"] = grad_norm.detach().double()
     metrics["n_tokens"] = n_tokens
+    loss = metrics.get("loss")
+    nonfinite = (~torch.isfinite(loss) if loss is not None
+                 else torch.zeros((), dtype=torch.bool, device=metrics["grad_norm"].device))
+    if bad_grads is not None:
+        nonfinite = nonfinite | bad_grads.to(nonfinite.device)
+    metrics["nonfinite"] = nonfinite
     return metrics
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()`, or nothing at all where the 0-d bool `skip` is set.
+
+    The fused Adam(W) kernels read a `found_inf` tensor on the device (the channel a
+    GradScaler uses) and leave parameters, moments and the step count as they were, so
+    no host read is needed. Other optimizers are asked on the host: one read per step.
+    """
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
 
 
 def _as_float64(value, device: torch.device | None) -> torch.Tensor:
@@ -133,23 +178,53 @@ class _Window:
         self.steps = 0
         self.tokens = 0
         self.seconds = 0.0
+        # On the device: how many steps were not finite, the first of them (inf: none), and
+        # how many were finite (the metrics' divisor: a skipped step's NaN would spoil the mean).
+        self.nonfinite: dict[str, torch.Tensor] = {}
 
-    def add(self, metrics: dict, seconds: float) -> None:
+    def add(self, metrics: dict, seconds: float, step: int) -> None:
+        bad = metrics["nonfinite"]
         for key, value in metrics.items():
-            if key != "n_tokens":
+            if key not in ("n_tokens", "nonfinite"):
+                value = torch.where(bad.to(value.device), 0.0, value)
                 # A step-by-step float64 sum: the same numbers as summing the per-step floats.
                 self.sums[key] = value if key not in self.sums else self.sums[key] + value
+        # Python numbers go into the kernels as arguments: no host-to-device copy, no wait.
+        first = torch.where(bad, bad.double() * step, math.inf)
+        bad = bad.double()
+        if not self.nonfinite:
+            self.nonfinite = {"nonfinite_steps": bad, "first_nonfinite_step": first, "finite_steps": 1 - bad}
+        else:
+            seen = self.nonfinite
+            seen["nonfinite_steps"] = seen["nonfinite_steps"] + bad
+            seen["first_nonfinite_step"] = torch.minimum(seen["first_nonfinite_step"], first)
+            seen["finite_steps"] = seen["finite_steps"] + (1 - bad)
         self.tokens += metrics["n_tokens"]
         self.steps += 1
         self.seconds += seconds
 
-    def means(self) -> dict:
-        """Plain floats: each metric's mean over the window's steps and over ranks.
+    def _read(self, values: dict) -> dict:
+        # The first non-finite step: this rank's own (under DDP every rank sees the same
+        # non-finite gradient norm); the counts are averaged, so > 0 when any rank had one.
+        return mean_over_ranks(values, same_on_every_rank=_SAME_ON_EVERY_RANK + ("first_nonfinite_step",))
+
+    def means(self) -> tuple[dict, dict]:
+        """Plain floats: each metric's mean over the window's finite steps and over ranks, and
+        the non-finite record (`nonfinite_steps`, `first_nonfinite_step`).
 
         Every rank must call it at the same step (one all-reduce).
         """
-        sums = mean_over_ranks(self.sums, same_on_every_rank=_SAME_ON_EVERY_RANK)
-        return {key: sums[key] / self.steps for key in self.sums}
+        values = self._read({**self.sums, **self.nonfinite})
+        finite = values["finite_steps"]
+        means = {key: values[key] / finite if finite else math.nan for key in self.sums}
+        return means, {k: values[k] for k in ("nonfinite_steps", "first_nonfinite_step")}
+
+    def read_nonfinite(self) -> dict:
+        """Only the non-finite record, for the check before a checkpoint between log steps."""
+        if not self.steps:
+            return {"nonfinite_steps": 0.0, "first_nonfinite_step": math.inf}
+        values = self._read({k: self.nonfinite[k] for k in ("nonfinite_steps", "first_nonfinite_step")})
+        return values
 
     def tokens_per_s(self) -> float | None:
         return self.tokens * world_size() / self.seconds if self.seconds > 0 else None
@@ -218,15 +293,18 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     autocast_ctx = autocast(impl_cfg, device)
 
     step = 0
+    skipped = 0  # steps skipped for a non-finite loss or gradient (train.on_nonfinite = "skip"), in all
     if resume:
         ckpt = load_latest_checkpoint(run_dir)
         if ckpt is None:
-            raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from")
+            raise PretrainerError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from; a run stopped "
+                                  f"before its first checkpoint starts again without --resume")
         state = restore_checkpoint(ckpt, model, optimizer)  # weights, optimizer, RNG
         schedule.load_state_dict(state["schedule"])
         train_batches.load_state_dict(state["loader"])
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
+        skipped = int(state.get("nonfinite_skips", 0))
         step = ckpt.step
         if main:
             log(f"resuming from {ckpt.path} at step {step}")
@@ -245,12 +323,38 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     last_eval_step = last_saved_step = step if resume else None
     window = _Window()
 
+    skip_nonfinite = train_cfg.on_nonfinite == "skip"
+
+    def check_nonfinite(record: dict, window_closed: bool) -> None:
+        """Apply train.on_nonfinite to what a window's read-back says (the same on every rank)."""
+        nonlocal skipped
+        count = round(record["nonfinite_steps"])
+        if window_closed:
+            skipped += count if skip_nonfinite else 0
+            total = skipped
+        else:
+            total = skipped + count
+        if not count or (skip_nonfinite and total <= train_cfg.max_skips):
+            return
+        first = record["first_nonfinite_step"]
+        where = f"step {int(first)}" if math.isfinite(first) else f"a step before step {step}"
+        if not skip_nonfinite:
+            raise PretrainerError(f"{where}: the loss or gradient norm is not finite (NaN or inf), so training "
+                                  f"stopped (train.on_nonfinite = \"stop\"); {last_good_checkpoint(run_dir)}")
+        raise PretrainerError(f"step {step}: {total} steps skipped for a non-finite loss or gradient norm, "
+                              f"more than train.max_skips = {train_cfg.max_skips}; {last_good_checkpoint(run_dir)}")
+
     def log_train(lr: float) -> None:
         nonlocal window, last_train
-        last_train = window.means()
+        last_train, record = window.means()
+        if record["nonfinite_steps"]:
+            last_train["nonfinite_steps"] = round(record["nonfinite_steps"])
+        if skip_nonfinite:
+            last_train["skipped_steps"] = skipped + round(record["nonfinite_steps"])
         logger.log(step, "train", last_train, elapsed=schedule.elapsed(), lr=lr,
                    tokens_per_s=window.tokens_per_s())
         window = _Window()
+        check_nonfinite(record, window_closed=True)
 
     def evaluate() -> None:
         nonlocal last_eval_step
@@ -270,14 +374,23 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
 
     def checkpoint() -> None:
         nonlocal last_saved_step
+        # No checkpoint of weights a non-finite step touched: one read between log steps
+        # (saving reads everything back anyway).
+        record = window.read_nonfinite()
+        check_nonfinite(record, window_closed=False)
         model_state, optimizer_state = full_state(model, optimizer)  # FSDP: gathered on rank 0
         if main:
             # The loader's position counts global samples, so rank 0's state is every rank's.
-            extra = {"schedule": schedule.state_dict(), "loader": batches.state_dict()}
+            extra = {"schedule": schedule.state_dict(), "loader": batches.state_dict(),
+                     "nonfinite_skips": skipped + round(record["nonfinite_steps"])}
             if scaler is not None:
                 extra["grad_scaler"] = scaler.state_dict()
-            save_checkpoint(run_dir, step, model_state, optimizer_state, extra,
-                            keep=train_cfg.keep_checkpoints)
+            try:
+                save_checkpoint(run_dir, step, model_state, optimizer_state, extra,
+                                keep=train_cfg.keep_checkpoints)
+            except PretrainerError:  # a full disk: the other ranks wait at the barrier below in vain
+                mark_group_broken()
+                raise
         barrier()
         give_ranks_own_rng_streams()
         last_saved_step = step
@@ -298,9 +411,10 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                     set_progress(schedule.progress())  # objectives' own schedules (mask rate)
                 t0 = clock()
                 metrics = train_step(run_model, objective, batches, optimizer, train_cfg.accum,
-                                     autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device)
-                window.add(metrics, clock() - t0)
+                                     autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device,
+                                     skip_nonfinite=skip_nonfinite)
                 step += 1
+                window.add(metrics, clock() - t0, step)
                 schedule.step()
                 tokens_per_s = window.tokens_per_s()
                 if train_cfg.log_every and step % train_cfg.log_every == 0:
@@ -336,6 +450,18 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
             final_state, _ = full_state(model)
             if main:
                 save_weights(final_state, run_dir / "model.safetensors")
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        mark_group_broken()  # only this rank stops here: the others must not be waited for
+        raise PretrainerError(f"{e.filename or run_dir}: disk full at step {step} ({e.strerror}); "
+                              f"{last_good_checkpoint(run_dir)}") from None
+    except RuntimeError as e:
+        if not is_collective_failure(e):
+            raise
+        mark_group_broken()
+        raise PretrainerError(f"rank {dist.get_rank()}: lost contact with the other processes at step {step} "
+                              f"({collective_failure_reason(e)}); {last_good_checkpoint(run_dir)}") from None
     finally:
         if batches is not train_batches:
             batches.close()  # leaves train_batches at the last consumed batch

@@ -1,3 +1,4 @@
+import errno
 import os
 
 import numpy as np
@@ -81,11 +82,14 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
     def dies_on_second_file(path, tensors, metadata):
         calls.append(path)
         if len(calls) == 2:
-            raise OSError("disk full (simulated)")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, tensors, metadata)
 
     monkeypatch.setattr(ckpt_mod, "write_safetensors", dies_on_second_file)
-    with pytest.raises(OSError, match="simulated"):
+    # One line: what failed, and which checkpoint a resume would use.
+    with pytest.raises(PretrainerError, match=r"step_000002: disk full while saving the checkpoint of step 2 \(No "
+                                              r"space left on device, writing optimizer.safetensors\); the last "
+                                              r"good checkpoint is .*step_000001 \("):
         save_checkpoint(tmp_path, 2, model, opt, {"n": 2})
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_000001"]
@@ -93,16 +97,34 @@ def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
 
     # A crash after the folder is renamed but before `latest` moves: latest still names step 1.
     def no_latest(path, text):
-        raise OSError("killed (simulated)")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(ckpt_mod, "atomic_write_text", no_latest)
-    with pytest.raises(OSError):
+    with pytest.raises(PretrainerError, match=r"write failed .*\(Input/output error\); .*step_000001"):
         save_checkpoint(tmp_path, 2, model, opt, {"n": 2})
     monkeypatch.undo()
     ck = load_latest_checkpoint(tmp_path)
     assert ck.step == 1 and ck.extra == {"n": 1}
     save_checkpoint(tmp_path, 2, model, opt, {"n": 2})  # the orphan is replaced
     assert load_latest_checkpoint(tmp_path).extra == {"n": 2}
+
+
+def test_a_full_disk_in_safetensors_is_an_oserror_with_its_errno(tmp_path):
+    """safetensors reports a failed write as its own error type; the errno must survive, so a
+    full disk is told from a bug (here a file-size limit: EFBIG, as the fault tests use)."""
+    import resource
+
+    from pretrainer.io import is_disk_full, write_safetensors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: the write fails
+    try:
+        with pytest.raises(OSError) as caught:
+            write_safetensors(tmp_path / "big.safetensors", {"w": torch.zeros(10_000)}, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert caught.value.errno == errno.EFBIG and is_disk_full(caught.value)
+    assert caught.value.filename == str(tmp_path / "big.safetensors")
 
 
 def test_tied_weights_round_trip(tmp_path):
