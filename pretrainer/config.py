@@ -261,8 +261,8 @@ class PruneConfig:
                                         "(one stays in every layer)")
     ffn_fraction: float = _field(0.0, "fraction of the MLP neurons to remove, least important first")
     layers: int = _field(0, "whole layers to remove: those whose removal raises the calibration loss least")
-    scope: str = _field("layer", "rank heads and neurons within each layer (the same share everywhere, and the "
-                                 "Hugging Face export stays dense-shaped per layer) or across all layers",
+    scope: str = _field("layer", "rank heads and neurons within each layer (the same share everywhere: equal MLP "
+                                 "widths, so the Hugging Face export shrinks too) or across all layers (uneven)",
                         ("layer", "global"))
     calibration_batches: int = _field(32, "training batches (finetune.train.batch_size) the importances are "
                                           "measured on")
