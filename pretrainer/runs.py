@@ -86,6 +86,11 @@ def load_run(run_dir: str | Path):
     spec_path = run_dir / "model.json"
     if not spec_path.is_file():
         raise PretrainerError(f"{run_dir}: not a run directory (no model.json)")
+    inference = read_json(spec_path).get("inference")
+    if inference:  # written by `pretrainer quantize`: loaded by pretrainer.predict, not as a module
+        raise PretrainerError(f"{run_dir}: holds a {inference.get('format', 'quantized')} model for inference only "
+                              f"(`pretrainer predict`); train, prune or export its source, "
+                              f"{inference.get('source', 'the run it was made from')}")
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise PretrainerError(f"{run_dir}: no model.safetensors yet (is the run finished? "

@@ -98,7 +98,7 @@ def world(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ the matrix
 
 CONFIG_COMMANDS = [("prepare",), ("pretrain",), ("pretrain", "--resume"), ("finetune",), ("curve",), ("compare",),
-                   ("evaluate",), ("evaluate", "--finetuned"), ("distill",), ("config",)]
+                   ("evaluate",), ("evaluate", "--finetuned"), ("distill",), ("prune",), ("quantize",), ("config",)]
 
 # Bad config files and bad values, each (id, file name written under the world, file text or None for
 # "use good.toml", overrides, what the error must name).
@@ -170,6 +170,21 @@ RUN_CASES = [
                                     "--objective.teacher={world}/absent"), ("absent",)),
     Case("distill:finetune-teacher-absent", ("distill", "{world}/good.toml", "--finetune.dir={world}/fresh",
                                              "--finetune.teacher={world}/absent"), ("absent",)),
+    Case("predict:no-run", ("predict", "{world}/absent", "{world}/corpus.txt"), ("absent",)),
+    Case("predict:no-input", ("predict", "{world}/run/finetune", "{world}/absent.txt"), ("absent.txt",)),
+    Case("predict:zero-batch", ("predict", "{world}/run/finetune", "{world}/corpus.txt", "--batch-size", "0"),
+         ("batch-size",)),
+    Case("predict:missing-field", ("predict", "{world}/run/finetune", "{world}/labeled.jsonl", "--text-field",
+                                   "body"), ("labeled.jsonl:1", "body")),
+    Case("prune:no-init", ("prune", "{world}/good.toml", "--prune.heads_fraction=0.5"), ("prune.init",)),
+    Case("prune:not-fine-tuned", ("prune", "{world}/good.toml", "--prune.init={world}/gpt",
+                                  "--prune.heads_fraction=0.5"), ("gpt",)),
+    Case("prune:too-many-heads", ("prune", "{world}/good.toml", "--prune.init={world}/run/finetune",
+                                  "--prune.heads_fraction=1.0"), ("prune.heads_fraction",)),
+    Case("quantize:no-init", ("quantize", "{world}/good.toml"), ("quantize.init",)),
+    Case("quantize:absent", ("quantize", "{world}/good.toml", "--quantize.init={world}/absent"), ("absent",)),
+    Case("quantize:into-a-run", ("quantize", "{world}/good.toml", "--quantize.init={world}/run/finetune",
+                                 "--quantize.dir={world}/gpt"), ("gpt",)),
     Case("import:over-a-run", ("import", "{world}/hf", "{world}/gpt"), ("gpt",)),
 ]
 

@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="end-to-end demo on real data fetched with pip: pre-train, fine-tune, compare")
     d.add_argument("--dir", default="runs/demo", help="where the demo writes its run directories")
 
+    _config_command("prune", "remove the least important attention heads, MLP neurons and layers of a fine-tuned "
+                             "run, then recover by fine-tuning (the [prune] section)")(sub)
+    _config_command("quantize", "a run -> an int8 run for inference: PyTorch dynamic int8 or ONNX Runtime "
+                                "(the [quantize] section)")(sub)
+    pr = sub.add_parser("predict", help="predictions for a txt/jsonl/csv file as JSON lines (labels, tags, text "
+                                        "or vectors), from an fp32, pruned, int8 or ONNX run")
+    pr.add_argument("run_dir")
+    pr.add_argument("input", help="txt (one text per line), jsonl or csv/tsv with a text column")
+    pr.add_argument("--output", default="-", help="write the JSON lines here (default: stdout)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--format", default="auto", choices=["auto", "txt", "jsonl", "csv", "tsv"])
+    pr.add_argument("--text-field", default="text", help="jsonl/csv field holding the text")
+    pr.add_argument("--text-pair-field", default="", help="field holding a pair's second text")
+    pr.add_argument("--max-len", type=int, default=0, help="truncate inputs (default: the run's finetune.max_len)")
+    pr.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="encoder vectors")
+    pr.add_argument("--max-new-tokens", type=int, default=50, help="generator: greedy continuation length")
+    pr.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.add_argument("config", nargs="?", help="print this file resolved (defaults filled in) instead")
     return parser
@@ -136,6 +155,14 @@ def _run(args, overrides: list[str]) -> int:
         out = export_hf(args.run_dir, args.out_dir, architecture=args.architecture, overwrite=args.overwrite)
         print(f"exported {args.run_dir} -> {out} (loads with transformers' Auto classes)")
         return 0
+    if args.command == "predict":
+        from pretrainer.predict import predict_file
+
+        predict_file(args.run_dir, args.input, args.output, batch_size=args.batch_size, fmt=args.format,
+                     progress=not args.no_progress, threads=args.threads, max_len=args.max_len, pooling=args.pooling,
+                     max_new_tokens=args.max_new_tokens, text_field=args.text_field,
+                     pair_field=args.text_pair_field)
+        return 0
     if args.command == "config":
         if args.config:
             print(dump_toml(to_dict(load_config(args.config, overrides))), end="")
@@ -168,6 +195,10 @@ def _run(args, overrides: list[str]) -> int:
         evaluate_finetuned(cfg)
     elif args.command == "evaluate":
         api.evaluate(cfg)
+    elif args.command in ("prune", "quantize"):
+        from pretrainer import compress
+
+        getattr(compress, args.command)(cfg)
     return 0
 
 

@@ -340,3 +340,22 @@ def read_labeled(path: str | os.PathLike, cfg: LabeledDataConfig, stats: ReadSta
             numbers.append(line)
     return LabeledExamples(texts=texts, pairs=pairs, labels=labels, source=str(path),
                            line_numbers=numbers, stats=stats)
+
+
+def read_records(path: str | os.PathLike, fmt: str = "auto", key: str = "--format") -> Iterator[tuple[int, dict]]:
+    """Stream `(line, record)` from a txt file (each non-blank line is `{"text": line}`), jsonl,
+    csv or tsv (a header row names the columns); `key` is what to set when the extension does
+    not tell the format."""
+    fmt = detect_format(path, fmt, key=key)
+    lines = _Lines(path, "error", ReadStats(), key)
+    if fmt == "txt":
+        for line in lines:
+            if line.strip():
+                yield lines.number, {"text": line.strip()}
+        return
+    yield from _records(path, fmt, lines)
+
+
+def record_text(path: str | os.PathLike, line: int, record: dict, name: str) -> str:
+    """Field `name` of a record as text; a missing or non-text field names the file and line."""
+    return _field_text(path, line, record, name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,12 +26,55 @@ from pretrainer.runs import load_run, run_label_names
 # ---------------------------------------------------------------- export
 
 
+_PRUNABLE = re.compile(r"(?:backbone\.)?blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)\.(weight|bias)")
+
+
+def dense_state(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """A pruned encoder's weights (`pretrainer prune`) in the dense layout Hugging Face BERT
+    builds: each removed head back at its index, and a narrower layer's MLP widened to the
+    widest, as zero rows and columns. A zero head has zero values and zero output columns, a
+    zero neuron zero output columns, so they add exactly nothing and transformers computes
+    what the pruned model does. (transformers 5 no longer reads `pruned_heads`, so zeros are
+    the layout every version loads; the smaller model is the run itself, or its ONNX export.)"""
+    pruned, sizes = getattr(cfg, "pruned_heads", None), getattr(cfg, "ffn_sizes", None)
+    if not pruned and not sizes:
+        return state
+    H, D = cfg.n_heads, cfg.d_model // cfg.n_heads
+    width = max(sizes) if sizes else None
+    out = {}
+    for key, t in state.items():
+        m = _PRUNABLE.fullmatch(key)
+        layer, part, kind = (int(m.group(1)), m.group(2), m.group(3)) if m else (0, "", "")
+        if part.startswith("attn") and pruned and pruned[layer]:
+            kept = [h for h in range(H) if h not in pruned[layer]]
+            cols = torch.tensor([h * D + d for h in kept for d in range(D)])
+            if part == "attn.qkv":  # rows: the q, k and v blocks
+                full = t.new_zeros((3 * H * D,) + tuple(t.shape[1:]))
+                full[torch.cat([cols + i * H * D for i in range(3)])] = t
+            elif kind == "weight":
+                full = t.new_zeros(t.shape[0], H * D)
+                full[:, cols] = t
+            else:
+                full = t
+        elif part == "mlp.fc" and width and t.shape[0] < width:
+            full = t.new_zeros((width,) + tuple(t.shape[1:]))
+            full[:t.shape[0]] = t
+        elif part == "mlp.proj" and kind == "weight" and width and t.shape[1] < width:
+            full = t.new_zeros(t.shape[0], width)
+            full[:, :t.shape[1]] = t
+        else:
+            full = t
+        out[key] = full
+    return out
+
+
 def hf_state_dict(model: nn.Module, family: HFFamily) -> dict[str, torch.Tensor]:
-    """Our weights under their full Hugging Face names (qkv split, Conv1D transposed)."""
+    """Our weights under their full Hugging Face names (qkv split, Conv1D transposed; a pruned
+    encoder in the dense layout, see `dense_state`)."""
     out = {}
     # A pre-training head Hugging Face's classes have no place for (the sentence-order head) stays home.
     unmapped = tuple(f"{h}." for h in getattr(model, "head_names", ()) if h not in family.pretraining_heads)
-    for key, t in model.state_dict().items():
+    for key, t in dense_state(model.state_dict(), getattr(model, "config", None)).items():
         if unmapped and key.startswith(unmapped):
             continue
         names = hf_names(family, key)

@@ -79,7 +79,9 @@ def bert_config_to_hf(cfg: BertConfig) -> dict:
                               "only post-LN BERT runs can be exported")
     return {"model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
             "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "intermediate_size": cfg.d_ff or 4 * cfg.d_model, "hidden_act": ACTIVATIONS_TO_HF[cfg.activation],
+            # A pruned encoder with uneven MLP widths exports at its widest (hf_export.dense_state).
+            "intermediate_size": max(cfg.ffn_sizes or [cfg.d_ff or 4 * cfg.d_model]),
+            "hidden_act": ACTIVATIONS_TO_HF[cfg.activation],
             "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
             "max_position_embeddings": cfg.max_len, "type_vocab_size": cfg.type_vocab_size,
             "initializer_range": cfg.init_std, "layer_norm_eps": cfg.layer_norm_eps,

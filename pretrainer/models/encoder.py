@@ -44,16 +44,46 @@ class BertConfig(ModelConfig):
     norm_first: bool = _field(False, "pre-LN blocks instead of BERT's post-LN")
     layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon", check=positive)
     init_std: float = _field(0.02, "std of the normal weight initialisation", check=positive)
+    pruned_heads: list[list[int]] = _field([], "set by `pretrainer prune`: per layer, the attention heads removed "
+                                               "(indices among the layer's n_heads, as Hugging Face's "
+                                               "pruned_heads); empty = none")
+    ffn_sizes: list[int] = _field([], "set by `pretrainer prune`: per-layer MLP width where the layers differ "
+                                      "(empty = d_ff in every layer)", check=positive)
 
     def check(self) -> None:
         if self.d_model % self.n_heads:
             invalid("n_heads", f"= {self.n_heads} must divide d_model = {self.d_model} (each head gets "
                                f"d_model / n_heads dimensions)")
+        for key in ("pruned_heads", "ffn_sizes"):
+            if getattr(self, key) and len(getattr(self, key)) != self.n_layers:
+                invalid(key, f"has {len(getattr(self, key))} entries: list one per layer (n_layers = "
+                             f"{self.n_layers}) or none")
+        for i, heads in enumerate(self.pruned_heads):
+            if any(not 0 <= h < self.n_heads for h in heads) or len(set(heads)) >= self.n_heads:
+                invalid(f"pruned_heads[{i}]", f"= {heads}: remove distinct heads among 0..{self.n_heads - 1}, "
+                                              f"keeping at least one")
 
     @classmethod
     def tiny(cls) -> BertConfig:
         """2 layers, width 32, no dropout: the registry contract tests' size."""
         return cls(n_layers=2, d_model=32, n_heads=2, max_len=64, dropout=0.0, attn_dropout=0.0)
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(attention heads kept, MLP width) of each block, after any pruning."""
+        d_ff = self.d_ff or 4 * self.d_model
+        pruned = self.pruned_heads or [[] for _ in range(self.n_layers)]
+        widths = self.ffn_sizes or [d_ff] * self.n_layers
+        if len(pruned) != self.n_layers or len(widths) != self.n_layers:
+            raise ValueError(f"pruned_heads ({len(pruned)} entries) and ffn_sizes ({len(widths)}) must list "
+                             f"one entry per layer (n_layers = {self.n_layers}) or be empty")
+        for i, (heads, width) in enumerate(zip(pruned, widths)):
+            if len(set(heads)) != len(heads) or not all(0 <= h < self.n_heads for h in heads) \
+                    or len(heads) >= self.n_heads:
+                raise ValueError(f"pruned_heads[{i}] = {heads}: distinct head indices below n_heads = "
+                                 f"{self.n_heads}, at least one head left")
+            if width < 1:
+                raise ValueError(f"ffn_sizes[{i}] = {width}: a layer keeps at least one MLP neuron")
+        return [(self.n_heads - len(heads), width) for heads, width in zip(pruned, widths)]
 
 
 class BertEmbeddings(nn.Module):
@@ -90,12 +120,13 @@ class BertModel(nn.Module):
         self.config = config
         self.d_model = config.d_model
         self.n_layers = config.n_layers
-        d_ff = config.d_ff or 4 * config.d_model
+        if config.d_model % config.n_heads:
+            raise ValueError(f"d_model = {config.d_model} is not a multiple of n_heads = {config.n_heads}")
         self.embeddings = BertEmbeddings(config)
         self.blocks = nn.ModuleList(
-            Block(config.d_model, config.n_heads, d_ff, config.dropout, config.attn_dropout,
-                  config.activation, config.norm_first, config.layer_norm_eps)
-            for _ in range(config.n_layers))
+            Block(config.d_model, n_heads, d_ff, config.dropout, config.attn_dropout, config.activation,
+                  config.norm_first, config.layer_norm_eps, head_dim=config.d_model // config.n_heads)
+            for n_heads, d_ff in config.layer_shapes())
         # Pre-LN stacks need a final norm; post-LN blocks already end in one.
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
         self.pooler = nn.Linear(config.d_model, config.d_model)  # trained by NSP/SOP, or by a classifier

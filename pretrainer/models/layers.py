@@ -25,25 +25,33 @@ def activation_fn(name: str):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, attn_dropout: float):
+    """`n_heads` heads of width `head_dim` (default d_model / n_heads). A pruned layer keeps fewer
+    heads of the same width (compression/prune.py), so its q/k/v width H * head_dim < d_model."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, head_dim: int | None = None):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model = {d_model} is not a multiple of n_heads = {n_heads}")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model = {d_model} is not a multiple of n_heads = {n_heads}")
+            head_dim = d_model // n_heads
         self.n_heads = n_heads
+        self.head_dim = head_dim
         self.attn_dropout = attn_dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for q, k and v
-        self.proj = nn.Linear(d_model, d_model)
+        inner = n_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner)  # one matmul for q, k and v
+        self.proj = nn.Linear(inner, d_model)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         """x (B, T, C); attn_mask bool, broadcastable to (B, H, T, T), True = may attend."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=-1)
-        # (B, T, C) -> (B, H, T, C/H)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        inner = self.n_heads * self.head_dim
+        q, k, v = self.qkv(x).split(inner, dim=-1)
+        # (B, T, H * D) -> (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, inner)
         return self.proj(y)
 
 
@@ -62,11 +70,11 @@ class Block(nn.Module):
     """Attention + MLP with residuals; post-LN (BERT) or pre-LN (GPT) by `norm_first`."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attn_dropout: float,
-                 activation: str, norm_first: bool, layer_norm_eps: float):
+                 activation: str, norm_first: bool, layer_norm_eps: float, head_dim: int | None = None):
         super().__init__()
         self.norm_first = norm_first
         self.ln_1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.attn = SelfAttention(d_model, n_heads, attn_dropout, head_dim)
         self.ln_2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.mlp = MLP(d_model, d_ff, activation)
         self.dropout = nn.Dropout(dropout)  # on each sublayer's output, before the residual add

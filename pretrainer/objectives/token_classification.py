@@ -92,6 +92,14 @@ class TokenClassificationObjective:
 # ---------------------------------------------------------------- softmax or CRF
 
 
+@torch.no_grad()
+def decode_tags(model: nn.Module, logits: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    """Predicted tag ids (B, T) at the `labeled` positions (B, T) bool, a word's first sub-token:
+    the argmax per token, or the Viterbi path when `model` has a CRF (`pretrainer predict`)."""
+    labels = torch.where(labeled, 0, IGNORE_INDEX)
+    return _loss_and_predictions(model, logits, labels)[1]
+
+
 def _loss_and_predictions(model: nn.Module, logits: torch.Tensor,
                           labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss summed over the batch and the predicted tag ids (B, T).
