@@ -82,7 +82,8 @@ def _pretrain(cfg: Config, resume: bool, log, info):
             check_objective_fits(cfg, build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size))
     cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
     if resume:
-        check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)))
+        check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)),
+                     world_size=info.world_size)
     if not info.is_main:
         barrier()  # rank 0 prepares the shared cache first; the others then read it
     data = prepare(cfg, log=log)

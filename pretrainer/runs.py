@@ -37,18 +37,39 @@ def write_run_header(run_dir: str | Path, cfg: Config | None, model: nn.Module, 
     data.save(run_dir)
 
 
-def check_resume(run_dir: str | Path, cfg: Config, keys: tuple[str, ...]) -> None:
+def check_resume(run_dir: str | Path, cfg: Config, keys: tuple[str, ...], world_size: int | None = None) -> None:
     """Refuse `--resume` when `cfg` would change the run saved in `run_dir` among `keys` (what the
     command's run is made of), naming each changed key; called before anything is written, so a
     refused resume leaves the run as it was. What may change is declared on the config fields
-    (`resume=` in config.py: impl.*, train.log_every, a longer train.max_steps, ...)."""
+    (`resume=` in config.py: impl.*, train.log_every, a longer train.max_steps, ...).
+
+    With `world_size` (pre-training), what must stay is the global batch, not the per-process
+    one: a run of 2 processes x 4 sequences resumes as 1 process x 8 (training.distributed)."""
     saved = Path(run_dir) / "config.toml"
     if not saved.is_file():
         return
-    changes = resume_changes(read_config_file(saved), cfg, keys)
+    saved_config = read_config_file(saved)
+    changes = []
+    saved_global = _saved_global_batch(Path(run_dir)) if world_size else None
+    if saved_global is not None:
+        new_global = cfg.train.batch_size * world_size
+        if new_global != saved_global:
+            changes.append(f"global batch (train.batch_size x processes): {saved_global} -> {new_global}")
+        saved_config.setdefault("train", {})["batch_size"] = cfg.train.batch_size  # compared as the global batch
+    changes += resume_changes(saved_config, cfg, keys)
     if changes:
         raise PretrainerError(f"{run_dir}: --resume would change the run: {'; '.join(changes)}; resume with "
                               f"the settings in {saved} or start a new run directory")
+
+
+def _saved_global_batch(run_dir: Path) -> int | None:
+    """The global batch the run's latest checkpoint was trained with (its loader state), if recorded."""
+    latest = run_dir / "checkpoints" / "latest"
+    try:
+        state = json.loads((run_dir / "checkpoints" / latest.read_text().strip() / "state.json").read_text())
+        return int(state["extra"]["loader"]["global_batch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no checkpoint yet, or one written before the global batch was recorded
 
 
 def module_spec(module: nn.Module) -> dict:

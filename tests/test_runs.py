@@ -63,3 +63,24 @@ def test_gpt_run_keeps_its_own_lm_head(make_model, tokenizer, tmp_path):
     x = torch.randint(4, 61, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(loaded.lm_logits(loaded(x)), model.lm_logits(model(x)), atol=0, rtol=0)
+
+
+def test_resume_keeps_the_global_batch_not_the_per_process_one(tmp_path):
+    """2 processes x 4 sequences resume as 1 x 8 (the same batches); 1 x 4 would change the run."""
+    import json
+
+    import pytest
+
+    from pretrainer.config import load_config, save_config
+    from pretrainer.errors import PretrainerError
+    from pretrainer.runs import check_resume
+
+    save_config(load_config(None, ["--train.batch_size=4"]), tmp_path / "config.toml")
+    (tmp_path / "checkpoints" / "step_000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000002\n")
+    state = {"step": 2, "extra": {"loader": {"epoch": 0, "samples": 16, "global_batch": 8}}}
+    (tmp_path / "checkpoints" / "step_000002" / "state.json").write_text(json.dumps(state))
+    check_resume(tmp_path, load_config(None, ["--train.batch_size=8"]), ("train",), world_size=1)
+    check_resume(tmp_path, load_config(None, ["--train.batch_size=4"]), ("train",), world_size=2)
+    with pytest.raises(PretrainerError, match=r"global batch \(train.batch_size x processes\): 8 -> 4"):
+        check_resume(tmp_path, load_config(None, ["--train.batch_size=4"]), ("train",), world_size=1)

@@ -100,7 +100,8 @@ class EpochSampler:
         return window[self.rank::self.world_size]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "samples": self.position}
+        # global_batch: what --resume must keep when the number of processes changes (runs.check_resume)
+        return {"epoch": self.epoch, "samples": self.position, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])

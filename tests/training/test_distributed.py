@@ -142,7 +142,8 @@ def test_two_processes_train_like_one(runs, parallel):
     assert train_losses(two) == pytest.approx(train_losses(single), abs=TOL, rel=0)
     assert_same_weights(two, single)
     state = json.loads((two / "checkpoints" / "step_000002" / "state.json").read_text())
-    assert state["extra"]["loader"] == {"epoch": 0, "samples": 2 * 2 * GLOBAL_BATCH}  # global samples
+    assert state["extra"]["loader"] == {"epoch": 0, "samples": 2 * 2 * GLOBAL_BATCH,  # global samples
+                                        "global_batch": GLOBAL_BATCH}
 
 
 @pytest.mark.distributed
@@ -250,7 +251,7 @@ def test_sampler_resumes_across_world_sizes_without_replay(before, after):
 def test_sampler_reads_old_per_batch_positions():
     sampler = EpochSampler(100, 4, seed=0)
     sampler.load_state_dict({"epoch": 1, "position": 3})
-    assert sampler.state_dict() == {"epoch": 1, "samples": 12}
+    assert sampler.state_dict() == {"epoch": 1, "samples": 12, "global_batch": 4}
 
 
 @pytest.mark.distributed
