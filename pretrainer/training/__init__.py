@@ -7,7 +7,8 @@ from pretrainer.training.loop import FitResult, fit, is_main_process, train_step
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.precision import (autocast, grad_scaler, resolve_device, set_determinism,
                                            set_threads)
-from pretrainer.training.schedule import LRSchedule, lr_factor, parse_duration
+from pretrainer.config import parse_duration
+from pretrainer.training.schedule import LRSchedule, lr_factor
 
 __all__ = [
     "Checkpoint", "FitResult", "LRSchedule", "atomic_write_bytes", "atomic_write_text", "autocast",

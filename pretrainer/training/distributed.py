@@ -58,7 +58,7 @@ from pretrainer.errors import PretrainerError
 from pretrainer.io import unwrap
 from pretrainer.training.checkpoint import Checkpoint, restore, set_rng_state
 from pretrainer.training.precision import resolve_device
-from pretrainer.training.schedule import parse_duration
+from pretrainer.config import parse_duration
 
 PARALLEL_KINDS = ("ddp", "fsdp")
 

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pretrainer.config import parse_duration
 from pretrainer.errors import PretrainerError
 from pretrainer.io import is_disk_full, save_weights, unwrap
 from pretrainer.training.checkpoint import last_good_checkpoint, load_latest_checkpoint, save_checkpoint
@@ -40,7 +41,7 @@ from pretrainer.training.logging import MetricsLogger, Progress
 from pretrainer.training.optim import build_optimizer
 from pretrainer.training.prefetch import PrefetchLoader
 from pretrainer.training.precision import autocast, grad_scaler, set_threads
-from pretrainer.training.schedule import LRSchedule, parse_duration
+from pretrainer.training.schedule import LRSchedule
 
 
 @dataclass

@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 
-from pretrainer.config import parse_duration  # noqa: F401  (the loop reads train.budget with it)
 from pretrainer.errors import PretrainerError
 
 def warmup_fraction(warmup: float, total_steps: int | None) -> float:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pretrainer.errors import PretrainerError
-from pretrainer.training.schedule import LRSchedule, lr_factor, parse_duration
+from pretrainer.config import parse_duration
+from pretrainer.training.schedule import LRSchedule, lr_factor
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("30m", 1800), ("1h", 3600), ("1h30m", 5400),
