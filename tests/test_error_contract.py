@@ -153,6 +153,7 @@ def _config_cases() -> list[Case]:
 # Bad inputs to the commands that read a run directory or a folder.
 RUN_CASES = [
     Case("generate:no-run", ("generate", "{world}/absent"), ("absent",)),
+    Case("evaluate:finetuned-dir-without-config", ("evaluate", "{world}/hf", "--finetuned"), ("hf",)),
     Case("generate:run-is-file", ("generate", "{world}/corpus.txt"), ("corpus.txt",)),
     Case("generate:not-causal", ("generate", "{world}/run"), ("run",)),
     Case("generate:top-p-zero", ("generate", "{world}/gpt", "--top-p", "0"), ("top-p",)),

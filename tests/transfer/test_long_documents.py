@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from pretrainer.cli.main import main
 from pretrainer.config import TokenizerConfig, load_config
 from pretrainer.data.long_documents import LongDocuments, encode_long_examples
 from pretrainer.data.readers import LabeledExamples
@@ -114,6 +115,11 @@ def test_chunked_fine_tune_trains_evaluates_and_predict_reproduces_evaluate(long
     assert scored["accuracy"] == pytest.approx(results["dev"]["accuracy"], abs=1e-9)
     assert scored["loss"] == pytest.approx(results["dev"]["loss"], abs=1e-6)
     assert scored["encoded"]["chunks_per_document"] == cost["chunks_per_document"]
+    # ... and so does `pretrainer evaluate RUN_DIR --finetuned`, from the run's directory alone.
+    assert main(["evaluate", str(run_dir), "--finetuned"]) == 0
+    from_cli = json.loads((run_dir / "evaluation.json").read_text())["dev"]
+    assert from_cli["accuracy"] == pytest.approx(results["dev"]["accuracy"], abs=1e-9)
+    assert from_cli["encoded"]["chunk_pooling"] == "mean"
 
     # predict: the same logits, example by example, as the evaluation batches give.
     model, tokenizer, task, method = rebuild(run_dir, results["labels"], plain, QUIET["log"])
