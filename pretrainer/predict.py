@@ -8,7 +8,9 @@ record, in order:
   tagger      {"words": [...], "tags": ["B-PER", "O", ...]}
   generator   {"text": "the greedy continuation"}
   encoder     {"vector": [...]}  (mean of the last hidden states over real tokens, or [CLS] pooler)
-A record's "id" field, when it has one, is copied to its output line.
+A record's "id" field, when it has one, is copied to its output line. A classifier reads long
+texts as its run was trained and evaluated (finetune.truncation, or chunks pooled per document:
+finetune.chunk_pooling, from the run's config.toml), through the same encoding code.
 
 Inputs: txt (one text per line), jsonl or csv/tsv with a text column (and optionally a
 second text of a pair); a tagger reads whitespace-separated words, or a jsonl "tokens" list.
