@@ -96,11 +96,17 @@ def long_task(tmp_path_factory, tiny_transfer_task):
     return cfg, tmp
 
 
-def test_chunked_fine_tune_trains_evaluates_and_predict_reproduces_evaluate(long_task):
+@pytest.fixture(scope="module")
+def chunked_run(long_task):
     cfg, tmp = long_task
     run_dir = tmp / "full"
-    run_cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, dir=str(run_dir)))
-    results = finetune(run_cfg, **QUIET)
+    results = finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, dir=str(run_dir))), **QUIET)
+    return run_dir, results
+
+
+def test_chunked_fine_tune_trains_evaluates_and_predict_reproduces_evaluate(long_task, chunked_run):
+    cfg, tmp = long_task
+    run_dir, results = chunked_run
 
     cost = results["encoded"]["dev"]
     assert results["encoded"]["chunk_pooling"] == "mean"
@@ -135,6 +141,27 @@ def test_chunked_fine_tune_trains_evaluates_and_predict_reproduces_evaluate(long
     gold = [json.loads(line)["label"] for line in open(cfg.finetune.data.dev)]
     accuracy = sum(row["label"] == g for row, g in zip(rows, gold)) / len(gold)
     assert accuracy == pytest.approx(results["dev"]["accuracy"])
+
+
+def test_an_int8_chunked_run_predicts_and_scores_through_chunks_and_onnx_refuses(long_task, chunked_run):
+    from pretrainer.compress import quantize
+
+    cfg, tmp = long_task
+    run_dir, results = chunked_run
+    out = tmp / "int8"
+    quantized = quantize(load_config(None, [f'--quantize.init="{run_dir}"', f'--quantize.dir="{out}"',
+                                            "--quantize.check_examples=8"]), **QUIET)
+    assert quantized["dev"]["accuracy"] == pytest.approx(results["dev"]["accuracy"], abs=0.1)
+    predict_file(out, cfg.finetune.data.dev, tmp / "int8.jsonl", progress=False)
+    gold = [json.loads(line)["label"] for line in open(cfg.finetune.data.dev)]
+    rows = [json.loads(line) for line in (tmp / "int8.jsonl").read_text().splitlines()]
+    # predict and quantize's own scoring read the reviews the same way, through the same forward.
+    accuracy = sum(r["label"] == g for r, g in zip(rows, gold)) / len(gold)
+    assert accuracy == pytest.approx(quantized["dev"]["accuracy"])
+    with pytest.raises(PretrainerError, match=r"quantize\.format") as e:
+        quantize(load_config(None, [f'--quantize.init="{run_dir}"', f'--quantize.dir="{tmp / "onnx"}"',
+                                    "--quantize.format=onnx"]), **QUIET)
+    assert "\n" not in str(e.value) and not (tmp / "onnx").exists()
 
 
 CHUNKING_METHODS = [m for m in TRANSFER_METHODS if "classification" in TRANSFER_METHODS.get(m).tasks
