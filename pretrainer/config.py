@@ -462,9 +462,9 @@ class FinetuneConfig:
         kept = window if self.chunk_pooling == "none" else (
             window + (self.max_chunks - 1) * (window - self.chunk_overlap) if self.max_chunks else 0)
         if kept and self.head_tokens >= kept:
+            what = "finetune.max_len - 2" if self.chunk_pooling == "none" else "what max_chunks chunks hold"
             invalid("head_tokens", f"= {self.head_tokens} must be below the {kept} word pieces head_tail keeps "
-                                   f"(finetune.max_len - 2{' per chunk' if self.chunk_pooling != 'none' else ''}), "
-                                   f"so that some come from the end")
+                                   f"({what}), so that some come from the end")
 
 
 @dataclass

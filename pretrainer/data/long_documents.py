@@ -190,7 +190,7 @@ def encoding_cost(dataset: EncodedDataset) -> dict:
     chunks = [len(c) for c in dataset.chunk_lengths] if getattr(dataset, "chunk_lengths", None) else [1] * len(dataset)
     tokens = np.array([len(ids) for ids in dataset.input_ids])
     out = {"documents": len(dataset), "chunks_per_document": round(float(np.mean(chunks)), 3),
-           "max_chunks": int(max(chunks)), "tokens_per_document": round(float(tokens.mean()), 1)}
+           "most_chunks": int(max(chunks)), "tokens_per_document": round(float(tokens.mean()), 1)}
     if dataset.text_pieces is not None and dataset.kept_pieces is not None:
         pieces, kept = np.array(dataset.text_pieces), np.array(dataset.kept_pieces)
         out["pieces_per_document"] = round(float(pieces.mean()), 1)

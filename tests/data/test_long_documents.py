@@ -78,7 +78,7 @@ def test_a_chunked_batch_rows_are_chunks_of_their_documents(wordpiece):
     assert rows[0] == [wordpiece.cls_id, *pieces[2], wordpiece.sep_id]
     assert [r[1:-1] for r in rows[1:]] == [pieces[1][s:e] for s, e in chunk_spans(len(pieces[1]), 6, 2)]
     cost = encoding_cost(data)
-    assert cost["documents"] == 3 and cost["max_chunks"] == n_long
+    assert cost["documents"] == 3 and cost["most_chunks"] == n_long
     assert cost["chunks_per_document"] == round((2 + n_long) / 3, 3)
     assert cost["tokens_per_document"] == round(sum(len(r) for r in data.input_ids) / 3, 1)
     assert cost["truncated_fraction"] == 0

@@ -110,7 +110,7 @@ def test_chunked_fine_tune_trains_evaluates_and_predict_reproduces_evaluate(long
 
     cost = results["encoded"]["dev"]
     assert results["encoded"]["chunk_pooling"] == "mean"
-    assert 1 < cost["chunks_per_document"] <= 4 and cost["max_chunks"] == 4
+    assert 1 < cost["chunks_per_document"] <= 4 and cost["most_chunks"] == 4
     assert cost["tokens_per_document"] > 10  # more than one input's worth per review
     assert results["steps"] > 0 and 0 <= results["dev"]["accuracy"] <= 1
 
