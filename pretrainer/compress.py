@@ -28,6 +28,7 @@ from pretrainer.compression.prune import (apply_plan, count_encoder_parameters, 
                                           measure_importance, plan_pruning)
 from pretrainer.compression.quantize import INT8_FORMAT, int8_linear_names, int8_state, quantize_dynamic_int8
 from pretrainer.config import Config, FinetuneConfig, load_config, save_config
+from pretrainer.data.long_documents import LONG_DOCUMENT_KEYS
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text, save_weights, write_folder_atomically
 from pretrainer.predict import load_predictor
@@ -80,9 +81,11 @@ def task_settings(cfg: Config, source: Path, task: Task, labels: list[str]) -> F
             raise PretrainerError(f"config key 'finetune.data.train' is empty and {source} has no config.toml "
                                   f"naming its training file: set finetune.data (train, dev, format)")
         data = recipe.finetune.data
-    max_len = recipe.finetune.max_len if recipe is not None else cfg.finetune.max_len
-    return dataclasses.replace(cfg.finetune, init=str(source), task=task.name, method="full", max_len=max_len,
-                               data=dataclasses.replace(data, labels=list(labels)))
+    # The input the source was trained on: its length, and how it read long documents.
+    read_as = recipe.finetune if recipe is not None else cfg.finetune
+    reading = {key: getattr(read_as, key) for key in LONG_DOCUMENT_KEYS}
+    return dataclasses.replace(cfg.finetune, init=str(source), task=task.name, method="full", max_len=read_as.max_len,
+                               **reading, data=dataclasses.replace(data, labels=list(labels)))
 
 
 def _labels(source: Path) -> list[str]:
@@ -118,7 +121,7 @@ def prune(cfg: Config, log=print) -> dict:
     if ft.train.batch_size < 1:
         raise PretrainerError(f"config key 'finetune.train.batch_size' must be >= 1, got {ft.train.batch_size}")
     model.to(resolve_device(cfg.impl))
-    splits = task.read_splits(ft, task.encoder(tokenizer, ft.max_len), cfg.run.seed)
+    splits = task.read_splits(ft, task.encoder(tokenizer, ft.max_len, ft), cfg.run.seed)
     objective = task.objective(labels)
     params_before, encoder_before = _parameters(model), count_encoder_parameters(model)
     shape_before = [list(s) for s in encoder_of(model).config.layer_shapes()]
@@ -189,6 +192,11 @@ def quantize(cfg: Config, log=print) -> dict:
     if qc.format == "torch" and not qc.int8:
         raise PretrainerError("config key 'quantize.int8' = false applies to format = \"onnx\" (an fp32 PyTorch "
                               "run is the source run itself)")
+    recipe = source_recipe(source)
+    if qc.format == "onnx" and recipe is not None and recipe.finetune.chunk_pooling != "none":
+        raise PretrainerError(f"config key 'quantize.format' = \"onnx\": {source} pools chunks of long documents "
+                              f"(finetune.chunk_pooling = {recipe.finetune.chunk_pooling!r}), which the ONNX graph "
+                              f"does not; use format = \"torch\"")
     set_threads(cfg.impl)
     model, tokenizer = load_run(source)
     model.eval()
@@ -218,7 +226,6 @@ def quantize(cfg: Config, log=print) -> dict:
                     shutil.copyfile(fp32, folder / "model.onnx")
         (folder / "model.json").write_text(json.dumps({**spec, "inference": info}, indent=2), encoding="utf-8")
         tokenizer.save(folder)
-        recipe = source_recipe(source)
         save_config(dataclasses.replace(recipe or cfg, quantize=qc), folder / "config.toml")
         labels = run_label_names(source)
         if labels:  # the label names predict and evaluation read
@@ -317,7 +324,7 @@ def _score(cfg: Config, source: Path, model: nn.Module, predictor, log) -> dict:
     except PretrainerError as e:
         log(f"not scored: {e}")
         return {}
-    encode = task.encoder(predictor.tokenizer, ft.max_len)
+    encode = task.encoder(predictor.tokenizer, ft.max_len, ft)
     module = predictor.batch_module()
     results = {}
     for split, path in (("dev", ft.data.dev), ("test", ft.data.test)):

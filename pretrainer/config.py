@@ -25,7 +25,7 @@ from typing import Any, Callable, NoReturn
 
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text
-from pretrainer.registry import DATA, MODELS, OBJECTIVES, TASKS, TRANSFER_METHODS
+from pretrainer.registry import DATA, MODELS, OBJECTIVES, TASKS, TRANSFER_METHODS, TRUNCATIONS
 
 
 # ---------------------------------------------------------------- rules
@@ -425,6 +425,21 @@ class FinetuneConfig:
                               "sentences and decoded by Viterbi, so predicted spans are well-formed IOB2")
     crf_lr: float = _field(1e-2, "learning rate of the CRF's transition scores (they start at zero)", check=positive)
     max_len: int = _field(128, "truncate examples to this many tokens ([CLS] and [SEP] included)", check=at_least(3))
+    truncation: str = _field("head", "which word pieces of a text longer than max_len are kept: the first "
+                                     "(head), the last (tail), or head_tokens from the start and the rest from "
+                                     "the end (head_tail; Sun et al. 2019: 128 + 382 did best on IMDB); with "
+                                     "chunking, which part of a document longer than max_chunks chunks is read",
+                             TRUNCATIONS)
+    head_tokens: int = _field(0, "truncation head_tail: word pieces kept from the start (0 = a quarter of what "
+                                 "is kept)", check=non_negative)
+    chunk_pooling: str = _field("none", "long documents: none (one input of max_len), or cut every document into "
+                                        "chunks of max_len, encode each with the backbone and pool their vectors "
+                                        "into one document vector for the head (mean or max)",
+                                ("none", "mean", "max"))
+    chunk_overlap: int = _field(0, "chunking: word pieces shared by consecutive chunks (the stride is "
+                                   "max_len - 2 - chunk_overlap)", check=non_negative)
+    max_chunks: int = _field(8, "chunking: at most this many chunks per document (0 = all; a longer document is "
+                                "cut first, by `truncation`); bounds the memory of a batch", check=non_negative)
     teacher: str = _field("", "task-specific distillation: a fine-tuned run of the same task and labels whose "
                               "soft labels the student learns besides the gold ones (transfer/distill.py)")
     distill_alpha: float = _field(0.5, "distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + "
@@ -435,6 +450,21 @@ class FinetuneConfig:
                                         "example per line, or jsonl/csv/tsv with finetune.data.text_field)")
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)
+
+    def check(self) -> None:
+        # At this max_len; a method may shorten the input further (soft prompts), checked again then.
+        window = self.max_len - 2
+        if self.chunk_pooling != "none" and self.chunk_overlap >= window:
+            invalid("chunk_overlap", f"= {self.chunk_overlap} must be below the {window} word pieces a chunk "
+                                     f"holds (finetune.max_len - 2)")
+        if self.truncation != "head_tail" or not self.head_tokens:
+            return
+        kept = window if self.chunk_pooling == "none" else (
+            window + (self.max_chunks - 1) * (window - self.chunk_overlap) if self.max_chunks else 0)
+        if kept and self.head_tokens >= kept:
+            what = "finetune.max_len - 2" if self.chunk_pooling == "none" else "what max_chunks chunks hold"
+            invalid("head_tokens", f"= {self.head_tokens} must be below the {kept} word pieces head_tail keeps "
+                                   f"({what}), so that some come from the end")
 
 
 @dataclass

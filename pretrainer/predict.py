@@ -8,7 +8,9 @@ record, in order:
   tagger      {"words": [...], "tags": ["B-PER", "O", ...]}
   generator   {"text": "the greedy continuation"}
   encoder     {"vector": [...]}  (mean of the last hidden states over real tokens, or [CLS] pooler)
-A record's "id" field, when it has one, is copied to its output line.
+A record's "id" field, when it has one, is copied to its output line. A classifier reads long
+texts as its run was trained and evaluated (finetune.truncation, or chunks pooled per document:
+finetune.chunk_pooling, from the run's config.toml), through the same encoding code.
 
 Inputs: txt (one text per line), jsonl or csv/tsv with a text column (and optionally a
 second text of a pair); a tagger reads whitespace-separated words, or a jsonl "tokens" list.
@@ -34,6 +36,8 @@ from pretrainer.compression.onnx import OnnxModel
 from pretrainer.compression.quantize import INT8_FORMAT, load_int8
 from pretrainer.config import load_config
 from pretrainer.data.conll import encode_words
+from pretrainer.data.labeled import EncodedDataset
+from pretrainer.data.long_documents import ChunkedDataset, LongDocuments, encode_texts
 from pretrainer.data.readers import read_records, record_text
 from pretrainer.data.tokenizer import load_tokenizer
 from pretrainer.errors import PretrainerError
@@ -63,6 +67,8 @@ class Predictor:
     pair_field: str = ""
     source: str = ""
     model: nn.Module | None = field(default=None, repr=False)  # the torch module (None for ONNX)
+    # How a classifier reads a long text: its run's finetune.truncation / chunk_pooling / ...
+    long: LongDocuments = field(default_factory=LongDocuments)
 
     # ------------------------------------------------------------ one batch
 
@@ -107,9 +113,22 @@ class Predictor:
         token_types, _ = self._padded(types, 0)
         return input_ids, mask, token_types
 
+    def document_inputs(self, texts: list[str], pairs: list[str] | None = None) -> tuple[tuple, dict]:
+        """A classifier's (inputs, keyword inputs), its texts read as its run read them in
+        training and evaluation (truncation, or chunks with `chunk_doc`): the same encoding."""
+        if self.kind != "classifier" or self.long == LongDocuments():
+            return self.batch_inputs(texts, pairs), {}
+        ids, lengths, _, _ = encode_texts(self.tokenizer, texts, self.max_len, self.long)
+        common = dict(input_ids=ids, token_type_ids=[[0] * len(row) for row in ids], labels=[0] * len(ids),
+                      label_names=[], pad_id=self.tokenizer.pad_id)
+        dataset = ChunkedDataset(**common, chunk_lengths=lengths) if self.long.chunked else EncodedDataset(**common)
+        batch = dataset.batch(range(len(ids)))
+        extra = {"chunk_doc": batch["chunk_doc"]} if "chunk_doc" in batch else {}
+        return (batch["input_ids"], batch["attention_mask"].long(), batch["token_type_ids"]), extra
+
     def _classify_or_embed(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
-        inputs = self.batch_inputs(texts, pairs)
-        outputs = self.forward(*inputs)
+        inputs, extra = self.document_inputs(texts, pairs)
+        outputs = self.forward(*inputs, **extra)
         if self.kind == "classifier":
             probs = torch.softmax(outputs.float(), dim=-1).tolist()
             labels = self.labels or [f"LABEL_{i}" for i in range(len(probs[0]))]
@@ -175,23 +194,45 @@ class _BatchModule(nn.Module):
                   batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))]
         if p.case_features:
             inputs.append(batch["case_ids"])
+        extra = {"chunk_doc": batch["chunk_doc"]} if batch.get("chunk_doc") is not None else {}
         with torch.inference_mode():
-            out = p.forward(*inputs)
+            out = p.forward(*inputs, **extra)
         return out.clone()
 
 
 # ---------------------------------------------------------------- loading
 
 
+def run_recipe(run_dir: Path, kind: str):
+    """A fine-tuned run's [finetune] section (its config.toml), or None."""
+    if kind in ("classifier", "tagger") and (run_dir / "config.toml").is_file():
+        try:
+            return load_config(run_dir / "config.toml").finetune
+        except PretrainerError:
+            pass
+    return None
+
+
 def run_max_len(run_dir: Path, model_max_len: int, kind: str) -> int:
     """The input length a run was trained on: finetune.max_len of a fine-tuned run's config.toml,
     else the model's own limit."""
-    if kind in ("classifier", "tagger") and (run_dir / "config.toml").is_file():
-        try:
-            return min(load_config(run_dir / "config.toml").finetune.max_len, model_max_len)
-        except PretrainerError:
-            pass
-    return model_max_len
+    recipe = run_recipe(run_dir, kind)
+    return min(recipe.max_len, model_max_len) if recipe is not None else model_max_len
+
+
+def run_long_documents(run_dir: Path, kind: str, backend: str, pair_field: str) -> LongDocuments:
+    """How a classifier run reads long texts (its config.toml), refused where predict cannot."""
+    recipe = run_recipe(run_dir, kind)
+    if kind != "classifier" or recipe is None:
+        return LongDocuments()
+    long = LongDocuments.of(recipe)
+    if long != LongDocuments() and pair_field:
+        raise PretrainerError(f"--text-pair-field: {run_dir} was trained with finetune.truncation = "
+                              f"{long.truncation!r}, chunk_pooling = {long.chunk_pooling!r}, on single texts")
+    if long.chunked and backend.startswith("onnx"):
+        raise PretrainerError(f"{run_dir}: an ONNX graph cannot pool the chunks of long documents "
+                              f"(finetune.chunk_pooling = {long.chunk_pooling!r})")
+    return long
 
 
 def load_predictor(run_dir: str | os.PathLike, threads: int = 0, max_len: int = 0, pooling: str = "mean",
@@ -238,7 +279,8 @@ def load_predictor(run_dir: str | os.PathLike, threads: int = 0, max_len: int = 
     return Predictor(kind=kind, forward=forward, tokenizer=tokenizer,
                      max_len=max_len or run_max_len(run_dir, model_max_len, kind), labels=labels, backend=backend,
                      crf=crf, case_features=case_features, pooling=pooling, max_new_tokens=max_new_tokens,
-                     text_field=text_field, pair_field=pair_field, source=str(run_dir), model=model)
+                     text_field=text_field, pair_field=pair_field, source=str(run_dir), model=model,
+                     long=run_long_documents(run_dir, kind, backend, pair_field))
 
 
 # ---------------------------------------------------------------- a file in, JSON lines out

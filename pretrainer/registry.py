@@ -67,6 +67,9 @@ OBJECTIVES: Registry = Registry("objective")  # name -> objective class (see obj
 TRANSFER_METHODS: Registry = Registry("transfer method", key="finetune.method", package="pretrainer.transfer")
 TASKS: Registry = Registry("task", key="finetune.task", package="pretrainer.transfer")
 DATA: Registry = Registry("data module", key="data.name", package="pretrainer.data")  # name -> data module class
+# name -> which word pieces of an over-long text are kept (see data/long_documents.py)
+TRUNCATIONS: Registry = Registry("truncation strategy", key="finetune.truncation",
+                                 package="pretrainer.data.long_documents")
 # "load" -> interop.load_pretrained (spec -> model, tokenizer, description), "folder" -> interop.init_folder:
 # how a layer below interop (a distillation objective's teacher) reads a run dir, hf:PATH or pkg:NAME.
 PRETRAINED: Registry = Registry("pretrained-model reader", package="pretrainer.interop.hf_import")

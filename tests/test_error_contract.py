@@ -120,6 +120,10 @@ BAD_CONFIGS = [
     ("label-fraction", "good.toml", None, ("--finetune.label_fraction=0",), ("finetune.label_fraction",)),
     ("budget-format", "good.toml", None, ("--train.budget=soon",), ("train.budget",)),
     ("mixture-weights", "good.toml", None, ('--objective.weights=[1.0]',), ("objective.weights",)),
+    ("head-tail-beyond-input", "good.toml", None, ("--finetune.truncation=head_tail", "--finetune.head_tokens=30"),
+     ("finetune.head_tokens",)),
+    ("chunk-overlap-beyond-chunk", "good.toml", None, ("--finetune.chunk_pooling=mean",
+                                                        "--finetune.chunk_overlap=30"), ("finetune.chunk_overlap",)),
 ]
 
 
@@ -149,6 +153,7 @@ def _config_cases() -> list[Case]:
 # Bad inputs to the commands that read a run directory or a folder.
 RUN_CASES = [
     Case("generate:no-run", ("generate", "{world}/absent"), ("absent",)),
+    Case("evaluate:finetuned-dir-without-config", ("evaluate", "{world}/hf", "--finetuned"), ("hf",)),
     Case("generate:run-is-file", ("generate", "{world}/corpus.txt"), ("corpus.txt",)),
     Case("generate:not-causal", ("generate", "{world}/run"), ("run",)),
     Case("generate:top-p-zero", ("generate", "{world}/gpt", "--top-p", "0"), ("top-p",)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from pretrainer.errors import PretrainerError
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "model on labeled files")(sub)
     e.add_argument("--finetuned", action="store_true",
                    help="score the model in finetune.dir on finetune.data.dev / test (accuracy and macro-F1, "
-                        "or entity F1 for a tagger); writes evaluation.json there")
+                        "or entity F1 for a tagger); writes evaluation.json there. CONFIG may be the run's "
+                        "directory: its config.toml then gives the files and how texts are read")
 
     g = sub.add_parser("generate", help="sample text from a causal-LM run")
     g.add_argument("run_dir")
@@ -170,7 +172,15 @@ def _run(args, overrides: list[str]) -> int:
             print("\n".join(help_text()))
         return 0
 
-    cfg = load_config(args.config, overrides)
+    config = args.config
+    if args.command == "evaluate" and args.finetuned and Path(config).is_dir():
+        # A fine-tuned run's directory: its own recipe (files, input length, long-document
+        # reading), scoring the model in that directory wherever it now lies.
+        if not (Path(config) / "config.toml").is_file():
+            raise PretrainerError(f"{config}: a directory without config.toml (not a run made by pretrainer "
+                                  f"finetune); give a config file naming it in finetune.dir")
+        config, overrides = Path(config) / "config.toml", [f'--finetune.dir="{config}"', *overrides]
+    cfg = load_config(config, overrides)
     if args.command == "prepare":
         api.prepare(cfg)
     elif args.command == "pretrain":

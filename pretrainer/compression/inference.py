@@ -45,10 +45,14 @@ class InferenceGraph(nn.Module):
         self.output_names = list(OUTPUTS[self.kind])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                case_ids: torch.Tensor | None = None):
+                case_ids: torch.Tensor | None = None, chunk_doc: torch.Tensor | None = None):
+        """`chunk_doc` (N,): the rows are chunks of long documents, pooled per document by a
+        classifier (data/long_documents.py); not part of an exported ONNX graph."""
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if case_ids is not None:
             batch["case_ids"] = case_ids
+        if chunk_doc is not None:
+            batch["chunk_doc"] = chunk_doc
         if self.kind in ("classifier", "tagger"):
             return self.model(batch)
         backbone = backbone_of(self.model)

@@ -28,9 +28,16 @@ class EncodedDataset:
     label_names: list[str]
     pad_id: int
     teacher_logits: torch.Tensor | None = None  # (N, K): a teacher's logits per example (distillation)
+    # Word pieces of each text, and of them those encoded (the cost report, data/long_documents.py).
+    text_pieces: list[int] | None = None
+    kept_pieces: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The model inputs of these examples (a chunked dataset batches its chunks)."""
+        return collate(self, indices)
 
 
 def infer_label_names(examples: LabeledExamples) -> list[str]:
@@ -86,18 +93,22 @@ def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> list
     return sorted(int(i) for i in np.concatenate(kept)) if kept else []
 
 
+def padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded to the longest with `pad`: (ids (B, T) long, attention mask (B, T) bool)."""
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)  # (B, T)
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        ids[i, :n] = row
+    attention = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(attention)
+
+
 def collate(dataset: EncodedDataset, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to the longest of them."""
-    lengths = [len(dataset.input_ids[i]) for i in indices]
-    width = max(lengths)
-    ids = np.full((len(indices), width), dataset.pad_id, dtype=np.int64)  # (B, T)
-    types = np.zeros((len(indices), width), dtype=np.int64)
-    for row, (i, n) in enumerate(zip(indices, lengths)):
-        ids[row, :n] = dataset.input_ids[i]
-        types[row, :n] = dataset.token_type_ids[i]
-    attention = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
-             "token_type_ids": torch.from_numpy(types),
+    ids, attention = padded([dataset.input_ids[i] for i in indices], dataset.pad_id)
+    types, _ = padded([dataset.token_type_ids[i] for i in indices], 0)
+    batch = {"input_ids": ids, "attention_mask": attention, "token_type_ids": types,
              "labels": torch.tensor([dataset.labels[i] for i in indices], dtype=torch.long)}
     if dataset.teacher_logits is not None:
         batch["teacher_logits"] = dataset.teacher_logits[torch.as_tensor(list(indices), dtype=torch.long)]
@@ -129,10 +140,10 @@ class ClassificationLoader(SamplerLoader):
         self.tokens_per_batch = round(batch_size * mean_len)  # an average: batches are padded per batch
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        return collate(self.dataset, self.indices[self.sampler.next_indices()].tolist())
+        return self.dataset.batch(self.indices[self.sampler.next_indices()].tolist())
 
 
 def iterate_once(dataset: EncodedDataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Every example once, in order (evaluation)."""
     for first in range(0, len(dataset), batch_size):
-        yield collate(dataset, range(first, min(first + batch_size, len(dataset))))
+        yield dataset.batch(range(first, min(first + batch_size, len(dataset))))

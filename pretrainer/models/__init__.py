@@ -47,7 +47,7 @@ def model_config_dict(model: nn.Module) -> dict:
     spec = {"name": model.config.name, "config": dataclasses.asdict(model.config)}
     if isinstance(model, SequenceClassifier):
         spec["classifier"] = {"num_labels": model.num_labels, "pooling": model.pooling,
-                              "dropout": model.dropout.p}
+                              "dropout": model.dropout.p, "chunk_pooling": model.chunk_pooling}
     elif isinstance(model, TokenClassifier):
         spec["tagger"] = {"num_labels": model.num_labels, "dropout": model.dropout.p,
                           "case_features": model.case_embeddings is not None, "crf": model.crf is not None}

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.crf import LinearChainCRF
-from pretrainer.models.layers import decay_groups, layer_decay_groups
+from pretrainer.models.layers import decay_groups, layer_decay_groups, pool_chunks
 
 # Rows of the case-feature table: one per word shape the data side tells apart
 # (data/conll.WORD_SHAPES; models and data do not import each other, a test keeps them equal).
@@ -81,19 +81,26 @@ class _BackboneHead(WrapsBackbone):
 
 
 class SequenceClassifier(_BackboneHead):
-    """backbone -> pooled sentence vector -> dropout -> linear -> logits (B, num_labels)."""
+    """backbone -> pooled sentence vector -> dropout -> linear -> logits (B, num_labels).
+
+    A batch of long documents cut into chunks (data/long_documents.py) has one row per chunk
+    and batch["chunk_doc"] (N,), each row's document: the chunks are encoded in one backbone
+    call and their pooled vectors pooled again per document (`chunk_pooling`: mean or max)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
-                 layer_decay: float | None = None):
+                 layer_decay: float | None = None, chunk_pooling: str = "mean"):
         super().__init__(backbone, num_labels, dropout, layer_decay)
         self.pooling = pooling
+        self.chunk_pooling = chunk_pooling
         if pooling != "cls":
             freeze_pooler(backbone)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = batch.get("attention_mask")
-        hidden = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B, T, C)
-        pooled = self.backbone.pooled(hidden, mask, self.pooling)  # (B, C)
+        hidden = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B or N chunks, T, C)
+        pooled = self.backbone.pooled(hidden, mask, self.pooling)  # (B or N, C)
+        if batch.get("chunk_doc") is not None:
+            pooled = pool_chunks(pooled, batch["chunk_doc"], self.chunk_pooling)  # (B, C)
         return self.head(self.dropout(pooled))
 
 

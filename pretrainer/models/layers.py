@@ -151,6 +151,31 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
 
 
+def chunk_mean(vectors: torch.Tensor, owner: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """(N, C) chunk vectors, owner (N,) document index of each -> (D, C) per-document mean."""
+    sums = vectors.new_zeros(n_docs, vectors.shape[-1]).index_add_(0, owner, vectors)
+    counts = torch.bincount(owner, minlength=n_docs).clamp(min=1).to(vectors.dtype)
+    return sums / counts.unsqueeze(-1)
+
+
+def chunk_max(vectors: torch.Tensor, owner: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """(N, C), owner (N,) -> (D, C): each feature's largest value over a document's chunks."""
+    out = vectors.new_zeros(n_docs, vectors.shape[-1])
+    return out.scatter_reduce(0, owner.unsqueeze(-1).expand_as(vectors), vectors, "amax", include_self=False)
+
+
+# finetune.chunk_pooling: how a long document's chunk vectors become one vector.
+CHUNK_POOLINGS = {"mean": chunk_mean, "max": chunk_max}
+
+
+def pool_chunks(vectors: torch.Tensor, owner: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """(N, C) vectors of chunk rows whose documents are `owner` (N,), numbered 0..D-1 in order
+    -> (D, C). Every document has at least one chunk, so D is the last owner + 1."""
+    if how not in CHUNK_POOLINGS:
+        raise ValueError(f"unknown chunk pooling {how!r}; choose {', '.join(CHUNK_POOLINGS)}")
+    return CHUNK_POOLINGS[how](vectors, owner, int(owner[-1]) + 1)
+
+
 def set_dropout(module: nn.Module, p: float) -> None:
     """Every dropout inside `module` (sublayer outputs and attention probabilities) set to `p`:
     fine-tuning may want dropout back in a backbone pre-trained without it."""

@@ -43,6 +43,9 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     for split, stats in splits.read_stats.items():
         if stats.describe():  # the input policies' skips and strips, never silent
             log(f"{split} ({getattr(ft.data, split)}): {stats.describe()}")
+    cost = encoding_costs(task, splits)
+    for split, c in cost.items():
+        log(f"{split}: {describe_cost(c)}")
     model = method.build(task, backbone, tokenizer, splits.label_names, log)
     task.prepare(model, splits, log)
     # Task-specific distillation: the teacher's logits ride in the training data (transfer/distill.py).
@@ -66,13 +69,34 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
                "n_labels": len(splits.subset), "seed": cfg.run.seed, "labels": splits.label_names,
                **distilled, **fitted, "trainable_params": trainable, "total_params": total,
                "train_seconds": round(seconds, 1),
-               "input": {split: stats.as_dict() for split, stats in splits.read_stats.items()}}
+               "input": {split: stats.as_dict() for split, stats in splits.read_stats.items()},
+               **({"encoded": {"truncation": ft.truncation, "chunk_pooling": ft.chunk_pooling, **cost}} if cost else {})}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
         if dataset is not None:
             results[split] = method.score(task, model, dataset, splits.label_names)
             log(f"{split}: {task.describe(results[split])}")
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def encoding_costs(task, splits) -> dict:
+    """What each split costs to read, per example (chunks, tokens encoded), for results.json."""
+    out = {}
+    for split in ("train", "dev", "test"):
+        dataset = getattr(splits, split)
+        cost = task.encoding_cost(dataset) if dataset is not None else None
+        if cost:
+            out[split] = cost
+    return out
+
+
+def describe_cost(cost: dict) -> str:
+    line = (f"{cost['chunks_per_document']:.2f} chunks and {cost['tokens_per_document']:.0f} tokens encoded per "
+            f"example")
+    if "pieces_per_document" in cost:
+        line += (f" (of {cost['pieces_per_document']:.0f} word pieces, {cost['pieces_kept_per_document']:.0f} read; "
+                 f"{100 * cost['truncated_fraction']:.1f}% of examples cut)")
+    return line
 
 
 def check_finetune_config(cfg: Config) -> None:

@@ -26,7 +26,7 @@ from pretrainer.data.tokenizer import TextTokenizer, truncate_longest_first
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import WrapsBackbone, freeze_pooler, word_embedding_table
 from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
-from pretrainer.models.layers import decay_groups
+from pretrainer.models.layers import decay_groups, pool_chunks
 
 TEMPLATE_KEY = "config key 'finetune.prompt.template'"
 VERBALIZER_KEY = "config key 'finetune.prompt.verbalizer'"
@@ -181,7 +181,7 @@ class SoftPromptClassifier(WrapsBackbone):
     """
 
     def __init__(self, backbone: nn.Module, num_labels: int, soft_tokens: int = 20, pooling: str = "mean",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, chunk_pooling: str = "mean"):
         super().__init__()
         words = word_embedding_table(backbone, "soft prompts")
         max_len = backbone.config.max_len
@@ -197,6 +197,7 @@ class SoftPromptClassifier(WrapsBackbone):
         picks = torch.randint(words.num_embeddings, (soft_tokens,)).to(words.weight.device)
         self.prompt = nn.Parameter(words.weight.detach()[picks].clone())  # (P, C)
         self.pooling = pooling
+        self.chunk_pooling = chunk_pooling
         self.dropout = nn.Dropout(dropout)
         self.num_labels = num_labels
         self.head = nn.Linear(backbone.d_model, num_labels).to(device=words.weight.device, dtype=words.weight.dtype)
@@ -222,7 +223,9 @@ class SoftPromptClassifier(WrapsBackbone):
             types = _insert_after_first(types, types.new_zeros(B, self.soft_tokens))
         hidden = self.backbone(None, attend, types, inputs_embeds=x)  # (B, T + P, C)
         text_only = _insert_after_first(mask, mask.new_zeros(B, self.soft_tokens))
-        pooled = self.backbone.pooled(hidden, text_only, self.pooling)  # (B, C)
+        pooled = self.backbone.pooled(hidden, text_only, self.pooling)  # (B or N chunks, C)
+        if batch.get("chunk_doc") is not None:  # a long document's chunks, pooled again (heads.SequenceClassifier)
+            pooled = pool_chunks(pooled, batch["chunk_doc"], self.chunk_pooling)  # (B, C)
         return self.head(self.dropout(pooled))
 
     def param_groups(self, weight_decay: float) -> list[dict]:

@@ -56,6 +56,9 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
             log(f"{split} ({path}): {stats.describe()}")
         m = {**task.evaluate(model, dataset, labels, cfg.finetune.train.batch_size, final=True),
              "n_examples": task.size(dataset)}
+        cost = task.encoding_cost(dataset)
+        if cost:  # how the run reads long texts (its config.toml), and what that costs per example
+            m["encoded"] = {"truncation": method.ft.truncation, "chunk_pooling": method.ft.chunk_pooling, **cost}
         log(f"{split} ({path}): {task.describe(m)} ({m['n_examples']:,} examples)")
         results[split] = {"file": str(path), **m, "input": stats.as_dict()}
     atomic_write_text(run_dir / "evaluation.json", json.dumps(results, indent=2))

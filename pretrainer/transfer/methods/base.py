@@ -33,6 +33,7 @@ class TransferMethod:
     uses_labels: ClassVar[bool] = True  # False: no training label is read (zero-shot)
     reads_lm_head: ClassVar[bool] = False  # True: built on the pre-training module with its MLM head
     distills: ClassVar[bool] = True  # False: its fit takes no loss, so finetune.teacher cannot apply
+    long_documents: ClassVar[bool] = True  # False: encodes its own inputs; truncation and chunking do not apply
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -43,6 +44,12 @@ class TransferMethod:
             able = [name for name in TRANSFER_METHODS if task.name in TRANSFER_METHODS.get(name).tasks]
             raise PretrainerError(f"config key 'finetune.method' = {self.ft.method!r} does not apply to task = "
                                   f"{task.name}; choose {', '.join(able)}")
+        if not self.long_documents:
+            for key, default in (("truncation", "head"), ("chunk_pooling", "none")):
+                if getattr(self.ft, key) != default:
+                    raise PretrainerError(f"config key 'finetune.{key}' = {getattr(self.ft, key)!r} does not apply "
+                                          f"to method {self.ft.method!r}, which builds its own input; leave it "
+                                          f"{default!r}")
 
     def input_length(self, backbone: nn.Module) -> int:
         """The longest encoded input."""
@@ -50,7 +57,7 @@ class TransferMethod:
 
     def encoder(self, task: Task, tokenizer: TextTokenizer, max_len: int) -> Encoder:
         """How examples become model inputs: the task's own encoding unless the method changes it."""
-        return task.encoder(tokenizer, max_len)
+        return task.encoder(tokenizer, max_len, self.ft)
 
     def head_kwargs(self) -> dict:
         """Constructor arguments of the task's head that the method sets."""

@@ -17,6 +17,7 @@ from pretrainer.transfer.prompts import (ClozeClassifier, content_free_batch, en
 class Cloze(TransferMethod):
     tasks = ("classification",)
     reads_lm_head = True
+    long_documents = False  # the template places the text around one [MASK]
 
     def encoder(self, task, tokenizer, max_len: int):
         template = self.ft.prompt.template

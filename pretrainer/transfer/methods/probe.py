@@ -25,6 +25,7 @@ from pretrainer.data.labeled import iterate_once
 from pretrainer.data.sources import cache_root
 from pretrainer.evaluation.metrics import accuracy, macro_f1
 from pretrainer.io import save_weights
+from pretrainer.models.layers import pool_chunks
 from pretrainer.registry import TRANSFER_METHODS
 from pretrainer.transfer.methods.base import TransferMethod
 
@@ -81,8 +82,10 @@ class Probe(TransferMethod):
                 "macro_f1": macro_f1(preds, labels, len(label_names))}
 
     def features(self, model: nn.Module, dataset) -> torch.Tensor:
+        # A chunked document's vector is its chunks' pooled the classifier's way, so the folded
+        # head reads the same features the saved SequenceClassifier computes.
         return cached_features(model.backbone, dataset, self.ft.pooling, self.ft.train.batch_size,
-                               feature_cache_dir(self.cfg))
+                               feature_cache_dir(self.cfg), chunk_pooling=model.chunk_pooling)
 
 
 @torch.no_grad()
@@ -124,8 +127,10 @@ def feature_cache_dir(cfg: Config) -> Path:
 
 
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, dataset, pooling: str, batch_size: int) -> torch.Tensor:
-    """(N, C) pooled hidden states of every example, in order, the backbone in eval mode."""
+def pooled_features(backbone: nn.Module, dataset, pooling: str, batch_size: int,
+                    chunk_pooling: str = "mean") -> torch.Tensor:
+    """(N, C) pooled hidden states of every example, in order, the backbone in eval mode; a
+    chunked document's chunks pooled into one row by `chunk_pooling`."""
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -135,18 +140,24 @@ def pooled_features(backbone: nn.Module, dataset, pooling: str, batch_size: int)
             batch = {k: v.to(device) for k, v in batch.items()}
             mask = batch["attention_mask"]
             hidden = backbone(batch["input_ids"], mask, batch["token_type_ids"])
-            out.append(backbone.pooled(hidden, mask, pooling).float().cpu())
+            pooled = backbone.pooled(hidden, mask, pooling)  # (B or N chunks, C)
+            if "chunk_doc" in batch:
+                pooled = pool_chunks(pooled, batch["chunk_doc"], chunk_pooling)  # (B, C)
+            out.append(pooled.float().cpu())
     finally:
         backbone.train(was_training)
     return torch.cat(out)
 
 
-def cached_features(backbone: nn.Module, dataset, pooling: str, batch_size: int, cache_dir: Path) -> torch.Tensor:
+def cached_features(backbone: nn.Module, dataset, pooling: str, batch_size: int, cache_dir: Path,
+                    chunk_pooling: str = "mean") -> torch.Tensor:
     """`pooled_features`, read from `cache_dir` when these weights have seen these ids before."""
-    path = cache_dir / f"{features_key(backbone, dataset, pooling)}.safetensors"
+    chunks = getattr(dataset, "chunk_lengths", None)
+    key_pooling = f"{pooling}/{chunk_pooling}" if chunks else pooling
+    path = cache_dir / f"{features_key(backbone, dataset, key_pooling)}.safetensors"
     if path.is_file():
         return load_file(str(path))["features"]
-    features = pooled_features(backbone, dataset, pooling, batch_size)
+    features = pooled_features(backbone, dataset, pooling, batch_size, chunk_pooling)
     save_weights({"features": features}, path)  # atomic: a killed run never leaves half a file
     return features
 
@@ -163,4 +174,6 @@ def features_key(backbone: nn.Module, dataset, pooling: str) -> str:
     for ids, types in zip(dataset.input_ids, dataset.token_type_ids):
         h.update(bytes(str(ids), "ascii"))
         h.update(bytes(str(types), "ascii"))
+    if getattr(dataset, "chunk_lengths", None):  # where one document's chunks end
+        h.update(bytes(str(dataset.chunk_lengths), "ascii"))
     return h.hexdigest()[:32]

@@ -12,6 +12,7 @@ from pretrainer.registry import TRANSFER_METHODS
 from pretrainer.transfer.backbone import load_backbone
 from pretrainer.transfer.methods.base import TransferMethod
 from pretrainer.transfer.prompts import SoftPromptClassifier
+from pretrainer.transfer.tasks.classification import chunk_pooling
 
 
 @TRANSFER_METHODS.register("soft_prompt")
@@ -24,7 +25,7 @@ class SoftPrompt(TransferMethod):
 
     def build(self, task, backbone, tokenizer, label_names, log) -> nn.Module:
         return SoftPromptClassifier(backbone, len(label_names), self.ft.prompt.soft_tokens, pooling=self.ft.pooling,
-                                    dropout=self.ft.classifier_dropout)
+                                    dropout=self.ft.classifier_dropout, **chunk_pooling(self.ft))
 
     def export(self, model: nn.Module) -> tuple[nn.Module, None]:
         # No architecture of its own in the model registry: the run keeps the whole classifier's

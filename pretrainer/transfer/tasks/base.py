@@ -51,8 +51,14 @@ class Task:
     def infer_labels(self, examples) -> list[str]:
         raise NotImplementedError
 
-    def encoder(self, tokenizer, max_len: int) -> Encoder:
+    def encoder(self, tokenizer, max_len: int, ft: FinetuneConfig | None = None) -> Encoder:
+        """How examples become model inputs; `ft` brings the long-document keys (truncation,
+        chunk_pooling, ...) for a task that reads them (None: the defaults)."""
         raise NotImplementedError
+
+    def encoding_cost(self, dataset) -> dict | None:
+        """Per-example cost of an encoded split for results.json (chunks, tokens), or None."""
+        return None
 
     def subset(self, train, ft: FinetuneConfig, seed: int) -> list[int]:
         """The training examples whose labels are used (finetune.n_labels or label_fraction)."""

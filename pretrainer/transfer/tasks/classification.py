@@ -7,6 +7,7 @@ from torch import nn
 
 from pretrainer.data.labeled import (ClassificationLoader, encode_examples, infer_label_names, iterate_once,
                                      stratified_subset)
+from pretrainer.data.long_documents import LongDocuments, encode_long_examples, encoding_cost
 from pretrainer.data.readers import LabeledExamples, ReadStats, read_labeled
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier
@@ -32,8 +33,16 @@ class Classification(Task):
     def infer_labels(self, examples: LabeledExamples) -> list[str]:
         return infer_label_names(examples)
 
-    def encoder(self, tokenizer, max_len: int) -> Encoder:
-        return lambda examples, names: encode_examples(examples, tokenizer, names, max_len)
+    def encoder(self, tokenizer, max_len: int, ft=None) -> Encoder:
+        long = LongDocuments.of(ft) if ft is not None else LongDocuments()
+        long.check(max_len)  # before any file is read
+
+        def encode(examples: LabeledExamples, names: list[str]):
+            if examples.pairs is not None and long == LongDocuments():
+                return encode_examples(examples, tokenizer, names, max_len)  # longest-first over the pair
+            return encode_long_examples(examples, tokenizer, names, max_len, long)
+
+        return encode
 
     def read_evaluation_file(self, path: str, data_cfg, encode: Encoder, label_names: list[str],
                              stats: ReadStats | None = None):
@@ -57,7 +66,7 @@ class Classification(Task):
         return {labels[i] for i in indices} if indices is not None else set(labels)
 
     def head(self, backbone: nn.Module, num_labels: int, ft, **kwargs) -> nn.Module:
-        return SequenceClassifier(backbone, num_labels, pooling=ft.pooling, **kwargs)
+        return SequenceClassifier(backbone, num_labels, pooling=ft.pooling, **chunk_pooling(ft), **kwargs)
 
     def objective(self, label_names: list[str]) -> ClassificationObjective:
         return ClassificationObjective(len(label_names))
@@ -69,8 +78,16 @@ class Classification(Task):
                  final: bool = False) -> dict:
         return self.objective(label_names).evaluate(model, iterate_once(dataset, batch_size))
 
+    def encoding_cost(self, dataset) -> dict:
+        return encoding_cost(dataset)
+
     def describe(self, metrics: dict) -> str:
         return f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+
+
+def chunk_pooling(ft) -> dict:
+    """The classifier's `chunk_pooling` argument: how it pools a chunked document's vectors."""
+    return {"chunk_pooling": ft.chunk_pooling if ft.chunk_pooling != "none" else "mean"}
 
 
 def evaluation_sample(examples: LabeledExamples, max_examples: int) -> LabeledExamples:

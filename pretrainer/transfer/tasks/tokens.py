@@ -25,6 +25,13 @@ class Tokens(Task):
     record = {"task": "tokens"}
 
     def check(self, ft) -> None:
+        # A tag per word needs every word in one input: sentences are truncated at the end only.
+        if ft.truncation != "head":
+            raise PretrainerError(f"config key 'finetune.truncation' = {ft.truncation!r} applies to "
+                                  f"finetune.task = \"classification\" only; a tagger keeps the head")
+        if ft.chunk_pooling != "none":
+            raise PretrainerError(f"config key 'finetune.chunk_pooling' = {ft.chunk_pooling!r} applies to "
+                                  f"finetune.task = \"classification\" only (a tagger labels words, not documents)")
         if ft.data.format not in ("auto", "conll"):
             raise PretrainerError(f"config key 'finetune.data.format' = {ft.data.format!r}: finetune.task = "
                                   f"\"tokens\" reads CoNLL files (format = \"conll\")")
@@ -39,7 +46,7 @@ class Tokens(Task):
     def infer_labels(self, examples: list[TaggedSentence]) -> list[str]:
         return infer_tag_names(examples)
 
-    def encoder(self, tokenizer, max_len: int) -> Encoder:
+    def encoder(self, tokenizer, max_len: int, ft=None) -> Encoder:
         return lambda sentences, names: encode_sentences(sentences, tokenizer, names, max_len)
 
     def subset(self, train, ft, seed: int) -> list[int]:
