@@ -69,19 +69,33 @@ def choose_spans(special_tokens_mask: torch.Tensor, word_starts: torch.Tensor, m
         bounds = np.append(np.flatnonzero(starts[row]), T)
         ends = bounds[np.searchsorted(bounds, first, side="right")]
         joined = np.append(ends[:-1] == first[1:], False)  # word i continues into word i + 1
-        taken = np.zeros(len(first), dtype=bool)
-        count, budget = 0, budgets[row]
-        while count < budget and not taken.all():
-            length = int(rng.choice(len(pmf), p=pmf)) + 1
-            word = int(rng.choice(np.flatnonzero(~taken)))
-            for _ in range(length):
-                taken[word] = True
-                chosen[row, first[word]:ends[word]] = True
-                count += int(ends[word] - first[word])
-                if count >= budget or not joined[word] or taken[word + 1]:
-                    break
-                word += 1
+        for word, n_words in draw_spans(ends - first, joined, budgets[row], pmf, rng):
+            chosen[row, first[word]:ends[word + n_words - 1]] = True
     return torch.from_numpy(chosen).to(special_tokens_mask.device)
+
+
+def draw_spans(word_lengths: np.ndarray, joined: np.ndarray, budget: int, pmf: np.ndarray,
+               rng: np.random.Generator) -> list[tuple[int, int]]:
+    """One row's spans as [(first word, number of words), ...] in the order drawn.
+
+    word_lengths (W,): tokens per candidate word; joined (W,): word i runs on into word i + 1.
+    A span of a drawn length starts at a random free word and runs over the following words
+    until it has its length, meets a chosen word or a border (not joined), or the row's
+    chosen tokens reach `budget` (so only the last span is cut by the budget)."""
+    taken = np.zeros(len(word_lengths), dtype=bool)
+    spans = []
+    count = 0
+    while count < budget and not taken.all():
+        length = int(rng.choice(len(pmf), p=pmf)) + 1
+        word = start = int(rng.choice(np.flatnonzero(~taken)))
+        while True:
+            taken[word] = True
+            count += int(word_lengths[word])
+            if word - start + 1 == length or count >= budget or not joined[word] or taken[word + 1]:
+                break
+            word += 1
+        spans.append((start, word - start + 1))
+    return spans
 
 
 def choose_units(special_tokens_mask: torch.Tensor, unit_starts: torch.Tensor, mask_rate: float, *,
