@@ -79,7 +79,7 @@ class SegmentBuilder:
             ids[row, 1 + length] = tok.sep_id
             attention[row, :length + 2] = True
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
-                "special_tokens_mask": torch.from_numpy(tok.special_table[ids] & attention)}
+                "special_tokens_mask": torch.from_numpy(tok.special_table[ids])}
 
 
 class SegmentLoader(SamplerLoader):

@@ -37,8 +37,8 @@ def test_batches_are_padded_rows_of_cls_segment_sep(stream, wordpiece):
     assert (ids[:, 0] == wordpiece.cls_id).all()
     assert all(ids[r, lengths[r] - 1] == wordpiece.sep_id for r in range(8))
     assert (ids[~attention] == wordpiece.pad_id).all()
-    marks = (ids == wordpiece.cls_id) | (ids == wordpiece.sep_id)
-    assert (batch["special_tokens_mask"] == (marks & attention)).all()  # pads are not: masks never choose them anyway
+    marks = (ids == wordpiece.cls_id) | (ids == wordpiece.sep_id) | ~attention
+    assert (batch["special_tokens_mask"] == marks).all()
 
 
 def test_ranks_take_disjoint_segments(stream, wordpiece):
