@@ -93,16 +93,14 @@ class TextData:
                 f"{len(corpus.eval.tokens):,} held-out tokens{'' if self.has_heldout else NO_HELDOUT}, "
                 f"vocab {corpus.tokenizer.vocab_size:,} -> {corpus.cache_dir}")
 
-    def check_layout(self, layout: str, objective: str, **options) -> None:
-        """Stop with a one-line error, before the run is written, when these batches cannot be
-        built (an unknown layout; a lexicon file that does not read or encode)."""
+    def check_layout(self, layout: str, objective: str) -> None:
         if layout not in self.layouts:
             raise PretrainerError(f"objective {objective!r} needs {layout!r} batches, which data.name = "
                                   f"\"text\" cannot build (it builds: {', '.join(self.layouts)})")
-        self.lexicon(options.get("lexicon", ""))
 
     def lexicon(self, path: str) -> Lexicon | None:
-        """The phrases of `path` in this tokenizer's ids (read once), or None for no path."""
+        """The phrases of `path` in this tokenizer's ids (read once), or None for no path; a file
+        that does not read or encode is a one-line error naming its line."""
         if not path:
             return None
         if path not in self._lexicons:

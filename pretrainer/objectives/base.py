@@ -34,7 +34,7 @@ class PretrainingObjective:
 
     def check_data(self, data) -> None:
         """Stop with a one-line error when the data module cannot build this objective's batches."""
-        data.check_layout(self.batch_layout, self.cfg.name, **self.layout_options)
+        data.check_layout(self.batch_layout, self.cfg.name)
 
     def train_batches(self, data, batch_size: int, seq_len: int, *, seed: int, rank: int = 0,
                       world_size: int = 1):

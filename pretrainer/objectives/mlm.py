@@ -74,6 +74,14 @@ class MaskedLM(PretrainingObjective):
         self.special_ids = list(getattr(data, "special_ids", None) or [])
         self.mask_rate = cfg.mask_rate
 
+    def check_data(self, data) -> None:
+        super().check_data(data)
+        if self.masking == "lexicon":
+            if not hasattr(data, "lexicon"):
+                raise PretrainerError(f"objective.masking = \"lexicon\" finds phrases in text; the data module "
+                                      f"{type(data).__name__} holds none")
+            data.lexicon(self.cfg.lexicon)  # read and encoded now: its errors come before the run is written
+
     def set_progress(self, fraction: float) -> None:
         end = self.cfg.mask_rate_end
         if end > 0:
