@@ -15,7 +15,9 @@ Two sources:
   by spaces, that occurs at least min_count times.
 
 Either way the file holds one phrase per line, most salient first (highest PMI, or most
-frequent entity), at most max_phrases of them.
+frequent entity), at most max_phrases of them. With `tokenizer` (a tokenizer.json, vocab.txt
+or run directory), phrases it cannot encode without [UNK] are left out, since a lexicon that
+holds one is refused when a run reads it (data/lexicon.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pretrainer.config import load_config, resolve_section, DataConfig
 from pretrainer.data.conll import read_conll
 from pretrainer.data.readers import read_documents
 from pretrainer.data.text_config import TextDataConfig
+from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer
 from pretrainer.errors import PretrainerError
 from pretrainer.evaluation.entities import entity_spans
 from pretrainer.io import atomic_write_text
@@ -50,6 +53,7 @@ class LexiconOptions:
     max_documents: int = 0
     entities: bool = False
     token_prefix: str = ""
+    tokenizer: str = ""
 
     def check(self) -> None:
         if not 2 <= self.max_n <= 3:
@@ -123,6 +127,13 @@ def entities(path: Path, options: LexiconOptions) -> list[tuple[str, int]]:
     return kept[:options.max_phrases]
 
 
+def encodable(phrases: list[str], tokenizer: TextTokenizer) -> tuple[list[str], int]:
+    """(the phrases `tokenizer` encodes to tokens without [UNK], how many it does not)."""
+    unk = tokenizer.token_to_id("[UNK]")
+    kept = [p for p, ids in zip(phrases, tokenizer.encode_batch(phrases)) if ids and unk not in ids]
+    return kept, len(phrases) - len(kept)
+
+
 def corpus_reader(source: Path, max_documents: int) -> Callable[[], Iterator[str]]:
     """What `collocations` reads: a config's data.train files (read as its [data] says), or one
     corpus file (format from its extension)."""
@@ -159,8 +170,12 @@ def build_lexicon(source: str, out: str, options: LexiconOptions = LexiconOption
     else:
         phrases = [phrase for phrase, _, _ in collocations(corpus_reader(path, options.max_documents), options)]
         what = f"collocations of up to {options.max_n} words with count >= {options.min_count} and PMI >= {options.min_pmi}"
+    dropped = 0
+    if options.tokenizer:
+        phrases, dropped = encodable(phrases, load_tokenizer(options.tokenizer))
     if not phrases:
         raise PretrainerError(f"{source}: no {what}; lower --min-count" + ("" if options.entities else " or --min-pmi"))
     atomic_write_text(out, "".join(f"{p}\n" for p in phrases))
-    log(f"wrote {len(phrases):,} {what.split(' ', 1)[0]} to {out} (first: {', '.join(phrases[:5])})")
+    left_out = f"; left out {dropped:,} the tokenizer cannot encode" if dropped else ""
+    log(f"wrote {len(phrases):,} {what.split(' ', 1)[0]} to {out} (first: {', '.join(phrases[:5])}){left_out}")
     return phrases

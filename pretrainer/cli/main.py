@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no collocation starts or ends with one of this many most frequent words")
     lx.add_argument("--max-phrases", type=int, default=10000, help="keep the best this many")
     lx.add_argument("--max-documents", type=int, default=0, help="read at most this many documents per file (0 = all)")
+    lx.add_argument("--tokenizer", default="", help="leave out phrases this tokenizer (tokenizer.json, vocab.txt or a "
+                                                    "run directory) cannot encode without [UNK]")
 
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.add_argument("config", nargs="?", help="print this file resolved (defaults filled in) instead")
@@ -186,7 +188,7 @@ def _run(args, overrides: list[str]) -> int:
         build_lexicon(args.source, args.out, LexiconOptions(
             max_n=args.max_n, min_count=min_count, min_pmi=args.min_pmi, stopwords=args.stopwords,
             max_phrases=args.max_phrases, max_documents=args.max_documents, entities=args.entities,
-            token_prefix=args.token_prefix))
+            token_prefix=args.token_prefix, tokenizer=args.tokenizer))
         return 0
     if args.command == "config":
         if args.config:
