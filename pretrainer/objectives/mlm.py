@@ -13,6 +13,7 @@ from pretrainer.config import ObjectiveConfig
 from pretrainer.data.collators import IGNORE_INDEX, corrupt_chosen, mask_tokens
 from pretrainer.data.masking import choose_spans, choose_units
 from pretrainer.errors import PretrainerError
+from pretrainer.io import atomic_write_bytes
 from pretrainer.models.heads import freeze_pooler
 from pretrainer.data_info import DataInfo
 from pretrainer.objectives.base import PretrainingObjective
@@ -81,6 +82,11 @@ class MaskedLM(PretrainingObjective):
                 raise PretrainerError(f"objective.masking = \"lexicon\" finds phrases in text; the data module "
                                       f"{type(data).__name__} holds none")
             data.lexicon(self.cfg.lexicon)  # read and encoded now: its errors come before the run is written
+
+    def save(self, run_dir) -> None:
+        """A copy of the lexicon beside config.toml: what the run masked by, if the file changes later."""
+        if self.masking == "lexicon":
+            atomic_write_bytes(Path(run_dir) / "lexicon.txt", Path(self.cfg.lexicon).read_bytes())
 
     def set_progress(self, fraction: float) -> None:
         end = self.cfg.mask_rate_end

@@ -82,3 +82,6 @@ def test_lexicon_masking_masks_found_phrases_whole_within_the_budget(tmp_path, w
             budget = max(1, round(0.2 * n))
             assert budget <= chosen[row].sum() < budget + 3  # a unit may cross the budget: at most 3 tokens
     assert whole > 0 and partial == 0
+    (tmp_path / "run").mkdir()
+    objective.save(tmp_path / "run")  # the run keeps the phrases it masked by
+    assert (tmp_path / "run" / "lexicon.txt").read_bytes() == path.read_bytes()
