@@ -103,6 +103,9 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     if backbone is None:
         backbone = build_model(cfg.model, data.info)
     model = objective.build(backbone)  # the backbone with the heads this objective trains
+    caution = objective.caution(backbone)  # after build: an objective may change its dropout
+    if caution:
+        log(f"warning: {caution}")
     if init_model is not None:
         fresh = adopt_heads(model, init_model)
         if fresh:

@@ -185,7 +185,17 @@ class ObjectiveConfig:
     mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]", check=fraction)
     random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token",
                                       check=fraction)
-    whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together")
+    whole_word: bool = _field(False, "MLM: mask all sub-tokens of a word together (the same as masking = \"word\")")
+    masking: str = _field("token", "MLM: what is masked as one unit: a token; a whole word; a span of whole words "
+                                   "whose length in words is geometric (p = span_p) clipped at span_max (SpanBERT); "
+                                   "or a phrase of `lexicon` found in the text, whole, other words alone (ERNIE); "
+                                   "units are drawn until mask_rate of the tokens are chosen",
+                          ("token", "word", "span", "lexicon"))
+    span_p: float = _field(0.2, "MLM, masking = \"span\": parameter of the geometric span length (mean 1/p "
+                                "words before clipping)", check=between(0, 1, low_open=True))
+    span_max: int = _field(10, "MLM, masking = \"span\": longest span, in words", check=positive)
+    lexicon: str = _field("", "MLM, masking = \"lexicon\": a UTF-8 file of phrases or entities, one per line "
+                              "(`pretrainer lexicon` builds one from a corpus or a tagged file)")
     mask_rate_end: float = _field(0.0, "MLM: when > 0, the mask rate moves linearly from mask_rate to this "
                                        "over training (e.g. 0.3 -> 0.15: more signal early, less corruption late)",
                                    check=fraction)
@@ -231,6 +241,16 @@ class ObjectiveConfig:
     relation_heads: int = _field(0, "distill: relation heads the queries/keys/values are split into for the "
                                     "relations (0 = the student's attention heads; must divide both widths)",
                                  check=non_negative)
+    # simcse (objectives/simcse.py): two dropout views of a text are each other's positive
+    temperature: float = _field(0.05, "simcse: the softmax temperature of the cosine similarities (the paper's 0.05)",
+                                check=positive)
+    dropout: float = _field(-1.0, "simcse: dropout set in the backbone for this training, the only difference between "
+                                  "a text's two views (-1 = keep the model's: model.dropout, or the run.init checkpoint's; "
+                                  "the paper's 0.1 matters when continuing from a run trained without dropout)",
+                            check=exactly(-1.0) | dropout_rate)
+    pooling: str = _field("cls_mlp", "simcse: the sentence vector: [CLS] through an MLP that is trained and then "
+                                     "left behind (the paper's unsupervised recipe), or the mean over real tokens",
+                          ("cls_mlp", "mean"))
 
     def check(self) -> None:
         if self.mask_token_rate + self.random_token_rate > 1:
@@ -244,6 +264,11 @@ class ObjectiveConfig:
                 invalid(f"mixture[{i}]", "= 'mixture': a mixture cannot hold a mixture; list its objectives directly")
             if name in self.mixture[:i]:
                 invalid(f"mixture[{i}]", f"= {name!r} is listed twice; weight it once")
+        if self.masking == "lexicon" and not self.lexicon.strip():
+            invalid("lexicon", "is empty but objective.masking = \"lexicon\"; name a file of phrases, one per line "
+                               "(`pretrainer lexicon` builds one)")
+        if self.lexicon and self.masking != "lexicon":
+            invalid("lexicon", f"is set but objective.masking = {self.masking!r}; set masking = \"lexicon\" to use it")
         if self.name == "mixture" and not self.mixture:
             invalid("mixture", "is empty; name the objectives to train together, e.g. [\"mlm\", \"mlm_sop\"]")
         if self.weights and len(self.weights) != len(self.mixture):

@@ -37,6 +37,8 @@ def _write_world(root: Path) -> None:
     (root / "labeled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "good.toml").write_text(_config(root, "run", "bert"))
     (root / "gpt.toml").write_text(_config(root, "gpt", "gpt", objective="clm"))
+    (root / "lexicon-gap.txt").write_text("good film\n\nbad story\n")
+    (root / "nocorpus.toml").write_text("[train]\nlr = 0.001\n")
 
 
 def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
@@ -124,6 +126,9 @@ BAD_CONFIGS = [
      ("finetune.head_tokens",)),
     ("chunk-overlap-beyond-chunk", "good.toml", None, ("--finetune.chunk_pooling=mean",
                                                         "--finetune.chunk_overlap=30"), ("finetune.chunk_overlap",)),
+    ("simcse-temperature", "good.toml", None, ("--objective.name=simcse", "--objective.temperature=0"),
+     ("objective.temperature",)),
+    ("lexicon-unnamed", "good.toml", None, ("--objective.masking=lexicon",), ("objective.lexicon",)),
 ]
 
 
@@ -135,6 +140,11 @@ BAD_PRETRAINING = [
     ("seq-beyond-positions", "good.toml", None, ("--train.seq_len=64", "--objective.teacher={world}/run"),
      ("train.seq_len",)),
     ("causal-lm-on-encoder", "good.toml", None, ("--objective.name=clm",), ("objective.name",)),
+    ("lexicon-absent", "good.toml", None, ("--objective.masking=lexicon", "--objective.lexicon={world}/absent.txt"),
+     ("objective.lexicon", "absent.txt")),
+    ("lexicon-empty-line", "good.toml", None, ("--objective.masking=lexicon",
+                                               "--objective.lexicon={world}/lexicon-gap.txt"),
+     ("lexicon-gap.txt:2",)),
 ]
 
 
@@ -142,8 +152,10 @@ def _config_cases() -> list[Case]:
     cases = []
     for commands, bad in ((CONFIG_COMMANDS, BAD_CONFIGS), (PRETRAINING_COMMANDS, BAD_PRETRAINING)):
         for command, (bad_id, name, _text, overrides, names) in itertools.product(commands, bad):
-            if command == ("distill",) and bad_id == "causal-lm-on-encoder":
+            if command == ("distill",) and bad_id in ("causal-lm-on-encoder", "lexicon-absent", "lexicon-empty-line"):
                 continue  # distill names its own objective
+            if command == ("pretrain", "--resume") and bad_id == "lexicon-empty-line":
+                continue  # the file is read once the data is: --resume refuses the changed objective first
             fresh = ("--run.dir={world}/fresh",) if command in (("pretrain",), ("distill",)) else ()
             cases.append(Case(f"{'-'.join(c.lstrip('-') for c in command)}:{bad_id}",
                               (command[0], f"{{world}}/{name}", *command[1:], *overrides, *fresh), names))
@@ -191,6 +203,17 @@ RUN_CASES = [
     Case("quantize:into-a-run", ("quantize", "{world}/good.toml", "--quantize.init={world}/run/finetune",
                                  "--quantize.dir={world}/gpt"), ("gpt",)),
     Case("import:over-a-run", ("import", "{world}/hf", "{world}/gpt"), ("gpt",)),
+    Case("lexicon:no-source", ("lexicon", "{world}/absent.txt", "--out", "{world}/lexicon.txt"), ("absent.txt",)),
+    Case("lexicon:config-without-corpus", ("lexicon", "{world}/nocorpus.toml", "--out", "{world}/lexicon.txt"),
+         ("nocorpus.toml", "data.train")),
+    Case("lexicon:max-n", ("lexicon", "{world}/corpus.txt", "--out", "{world}/lexicon.txt", "--max-n", "4"),
+         ("--max-n",)),
+    Case("lexicon:min-count", ("lexicon", "{world}/corpus.txt", "--out", "{world}/lexicon.txt", "--min-count", "0"),
+         ("--min-count",)),
+    Case("lexicon:nothing-found", ("lexicon", "{world}/corpus.txt", "--out", "{world}/lexicon.txt",
+                                   "--min-pmi", "40"), ("corpus.txt", "--min-pmi")),
+    Case("lexicon:untagged-entities", ("lexicon", "{world}/corpus.txt", "--entities", "--out",
+                                       "{world}/lexicon.txt"), ("corpus.txt:1",)),
 ]
 
 CASES = _config_cases() + RUN_CASES

@@ -91,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    lx = sub.add_parser("lexicon", help="a phrase file for objective.lexicon (knowledge-enhanced masking): the "
+                                        "collocations of a corpus by PMI, or the entities of a tagged file")
+    lx.add_argument("source", help="a config (its data.train corpus), a corpus file, or with --entities a "
+                                   "CoNLL / WikiANN file (word<TAB>IOB2 tag)")
+    lx.add_argument("--out", required=True, help="the lexicon file to write (one phrase per line)")
+    lx.add_argument("--entities", action="store_true", help="SOURCE is a tagged file: take its entity spans")
+    lx.add_argument("--token-prefix", default="", help="--entities: strip this from each word (WikiANN: en:)")
+    lx.add_argument("--max-n", type=int, default=3, help="longest collocation, in words")
+    lx.add_argument("--min-count", type=int, default=None,
+                    help="keep phrases seen at least this often (default 5; with --entities 1)")
+    lx.add_argument("--min-pmi", type=float, default=3.0, help="keep collocations with at least this PMI (nats)")
+    lx.add_argument("--stopwords", type=int, default=50,
+                    help="no collocation starts or ends with one of this many most frequent words")
+    lx.add_argument("--max-phrases", type=int, default=10000, help="keep the best this many")
+    lx.add_argument("--max-documents", type=int, default=0, help="read at most this many documents per file (0 = all)")
+    lx.add_argument("--tokenizer", default="", help="leave out phrases this tokenizer (tokenizer.json, vocab.txt or a "
+                                                    "run directory) cannot encode without [UNK]")
+
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.add_argument("config", nargs="?", help="print this file resolved (defaults filled in) instead")
     return parser
@@ -164,6 +182,15 @@ def _run(args, overrides: list[str]) -> int:
                      progress=not args.no_progress, threads=args.threads, max_len=args.max_len, pooling=args.pooling,
                      max_new_tokens=args.max_new_tokens, text_field=args.text_field,
                      pair_field=args.text_pair_field)
+        return 0
+    if args.command == "lexicon":
+        from pretrainer.lexicons import LexiconOptions, build_lexicon
+
+        min_count = args.min_count if args.min_count is not None else (1 if args.entities else 5)
+        build_lexicon(args.source, args.out, LexiconOptions(
+            max_n=args.max_n, min_count=min_count, min_pmi=args.min_pmi, stopwords=args.stopwords,
+            max_phrases=args.max_phrases, max_documents=args.max_documents, entities=args.entities,
+            token_prefix=args.token_prefix, tokenizer=args.tokenizer))
         return 0
     if args.command == "config":
         if args.config:

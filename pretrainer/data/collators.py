@@ -58,6 +58,25 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, m
     word_first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
     chosen = chosen_start.gather(1, word_first) & candidate  # (B, T)
 
+    return corrupt_chosen(input_ids, special_tokens_mask, chosen, mask_id=mask_id, vocab_size=vocab_size,
+                          mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+                          generator=generator, special_ids=special_ids)
+
+
+def corrupt_chosen(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, chosen: torch.Tensor, *,
+                   mask_id: int, vocab_size: int, mask_token_rate: float = 0.8, random_token_rate: float = 0.1,
+                   generator: torch.Generator | None = None,
+                   special_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption of the `chosen` (B, T) positions -> (masked_ids, labels); see
+    `mask_tokens`, which chooses whole words, and data/masking.py (spans, lexicon phrases)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    special = special_tokens_mask.bool()
+
+    def uniform() -> torch.Tensor:
+        on = generator.device if generator is not None else device
+        return torch.rand(B, T, generator=generator, device=on).to(device)
+
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
 
     action = uniform()

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pretrainer.data.lexicon import Lexicon
 from pretrainer.data.shards import TokenStream
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
@@ -143,14 +144,15 @@ class BatchBuilder:
     """Turns anchor offsets into a batch of one layout (`kind`)."""
 
     def __init__(self, stream: TokenStream, seq_len: int, kind: str, tokenizer: TextTokenizer,
-                 whole_word: bool = False):
+                 whole_word: bool = False, lexicon: Lexicon | None = None):
         if kind not in LAYOUTS:
             raise PretrainerError(f"unknown batch layout {kind!r}; choose one of: {', '.join(LAYOUTS)}")
         min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5}[kind]
         if seq_len < min_len:
             raise PretrainerError(f"train.seq_len = {seq_len} is too short for {kind} (needs >= {min_len})")
         self.stream, self.seq_len, self.kind = stream, seq_len, kind
-        self.tokenizer, self.whole_word = tokenizer, whole_word
+        # A lexicon's units are built on word starts, so it implies them.
+        self.tokenizer, self.whole_word, self.lexicon = tokenizer, whole_word or lexicon is not None, lexicon
         if kind == "mlm":
             self.span = self.stride = seq_len - 2
         elif kind == "clm":
@@ -193,7 +195,10 @@ class BatchBuilder:
                  "attention_mask": torch.from_numpy(attention),
                  "special_tokens_mask": torch.from_numpy(self.tokenizer.special_table[ids])}
         if self.whole_word:
-            batch["word_starts"] = torch.from_numpy(self.tokenizer.word_starts(ids))
+            word_starts = self.tokenizer.word_starts(ids)
+            batch["word_starts"] = torch.from_numpy(word_starts)
+            if self.lexicon is not None:  # found phrases are single masking units (data/lexicon.py)
+                batch["unit_starts"] = torch.from_numpy(self.lexicon.unit_starts(ids, word_starts))
         for name, value in extra.items():
             batch[name] = torch.from_numpy(value)
         return batch
@@ -283,11 +288,11 @@ class PackedLMLoader(SamplerLoader):
 
     def __init__(self, stream: TokenStream, batch_size: int, seq_len: int, kind: str,
                  tokenizer: TextTokenizer, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 whole_word: bool = False):
+                 whole_word: bool = False, lexicon: Lexicon | None = None):
         if kind == "mlm_nsp" and stream.num_documents < 2:
             raise PretrainerError("next-sentence prediction needs at least 2 training documents "
                                   f"(the corpus has {stream.num_documents})")
-        self.builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word)
+        self.builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word, lexicon)
         self.windows = self.builder.windows()
         self.sampler = EpochSampler(self.windows.count, batch_size, seed, rank, world_size)
         if self.sampler.batches_per_epoch == 0:
@@ -310,7 +315,8 @@ class PackedLMLoader(SamplerLoader):
 
 
 def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, tokenizer: TextTokenizer,
-                 max_batches: int = 0, whole_word: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+                 max_batches: int = 0, whole_word: bool = True,
+                 lexicon: Lexicon | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Held-out batches in stream order, the same every time; at most max_batches (0 = all).
 
     MLM batches carry `word_starts` by default: callers evaluating a whole-word objective
@@ -320,7 +326,7 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     tokens after the last full window, so every held-out token is scored even when the
     held-out set is smaller than one window.
     """
-    builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word)
+    builder = BatchBuilder(stream, seq_len, kind, tokenizer, whole_word, lexicon)
     windows = builder.windows()
     n_batches = -(-windows.count // batch_size)
     limit = max_batches if max_batches > 0 else None

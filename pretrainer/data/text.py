@@ -12,7 +12,9 @@ import torch
 
 from pretrainer.config import Config, DataConfig, resolve_section
 from pretrainer.data_info import DataInfo
+from pretrainer.data.lexicon import Lexicon, load_lexicon
 from pretrainer.data.loader import LAYOUTS, PackedLMLoader, eval_batches
+from pretrainer.data.segments import SegmentLoader, segment_eval_batches
 from pretrainer.data.shards import PreparedCorpus, prepare_corpus
 from pretrainer.data.text_config import TextDataConfig
 from pretrainer.data.tokenizer import TextTokenizer, tokenizer_file
@@ -41,11 +43,12 @@ class TextData:
     """
 
     config_class = TextDataConfig
-    layouts = LAYOUTS
+    layouts = (*LAYOUTS, "segments")
 
     def __init__(self, cfg: Config):
         self.cfg = dataclasses.replace(cfg, data=resolve_section(DataConfig, cfg.data))
         self.corpus: PreparedCorpus | None = None
+        self._lexicons: dict[str, Lexicon] = {}
 
     @staticmethod
     def inherit(cfg: Config, folder: str | Path) -> Config:
@@ -95,16 +98,36 @@ class TextData:
             raise PretrainerError(f"objective {objective!r} needs {layout!r} batches, which data.name = "
                                   f"\"text\" cannot build (it builds: {', '.join(self.layouts)})")
 
+    def lexicon(self, path: str) -> Lexicon | None:
+        """The phrases of `path` in this tokenizer's ids (read once), or None for no path; a file
+        that does not read or encode is a one-line error naming its line."""
+        if not path:
+            return None
+        if path not in self._lexicons:
+            self._lexicons[path] = load_lexicon(path, self.tokenizer)
+        return self._lexicons[path]
+
     def train_batches(self, layout: str, batch_size: int, seq_len: int, *, seed: int, rank: int = 0,
-                      world_size: int = 1, **options) -> PackedLMLoader:
-        """Infinite, resumable, rank-aware batches (state_dict / load_state_dict)."""
+                      world_size: int = 1, **options) -> PackedLMLoader | SegmentLoader:
+        """Infinite, resumable, rank-aware batches (state_dict / load_state_dict).
+
+        Options: `whole_word` (batches carry word_starts), `lexicon` (a phrase file: batches
+        also carry unit_starts, see data/lexicon.py)."""
+        if layout == "segments":  # one text per row instead of packed windows (data/segments.py)
+            return SegmentLoader(self.prepared.train, batch_size, seq_len, self.tokenizer, seed=seed,
+                                 rank=rank, world_size=world_size)
         return PackedLMLoader(self.prepared.train, batch_size, seq_len, layout, self.tokenizer, seed=seed,
-                              rank=rank, world_size=world_size, whole_word=options.get("whole_word", False))
+                              rank=rank, world_size=world_size, whole_word=options.get("whole_word", False),
+                              lexicon=self.lexicon(options.get("lexicon", "")))
 
     def eval_batches(self, layout: str, batch_size: int, seq_len: int, max_batches: int = 0,
                      **options) -> Iterator[dict[str, torch.Tensor]]:
         """Held-out batches, the same every time."""
-        return eval_batches(self.prepared.eval, batch_size, seq_len, layout, self.tokenizer, max_batches=max_batches)
+        if layout == "segments":
+            return segment_eval_batches(self.prepared.eval, batch_size, seq_len, self.tokenizer,
+                                        max_batches=max_batches)
+        return eval_batches(self.prepared.eval, batch_size, seq_len, layout, self.tokenizer, max_batches=max_batches,
+                            lexicon=self.lexicon(options.get("lexicon", "")))
 
     def save(self, run_dir: str | Path) -> None:
         """What a run needs to read new data the same way: its tokenizer.json."""

@@ -13,7 +13,8 @@ from pretrainer.objectives.electra import ReplacedTokenDetection
 from pretrainer.objectives.mixture import Mixture
 from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
+from pretrainer.objectives.simcse import SimCSE
 from pretrainer.objectives.sop import MaskedLMWithSOP
 
 __all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
-           "ReplacedTokenDetection"]
+           "ReplacedTokenDetection", "SimCSE"]

@@ -66,6 +66,11 @@ class PretrainingObjective:
         """Why this objective cannot train `backbone`, or None when it can."""
         return None
 
+    def caution(self, backbone: nn.Module) -> str | None:
+        """A one-line warning about training `backbone` this way that does not stop the run
+        (simcse: dropout 0 makes its two views identical), or None."""
+        return None
+
     def set_progress(self, fraction: float) -> None:
         """Told by `fit` before each step how much of training is done, in [0, 1] (for schedules
         an objective runs itself, e.g. a decreasing mask rate)."""

@@ -129,6 +129,18 @@ class WidthProjection(nn.Module):
         return self.maps[i](hidden)
 
 
+class SentenceMLP(nn.Module):
+    """SimCSE's MLP over the [CLS] vector (dense + tanh), trained with the contrastive loss and
+    left behind at transfer, as the paper's unsupervised recipe does."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.dense = nn.Linear(backbone.d_model, backbone.d_model)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls))
+
+
 # Head name -> how it is built for a backbone (and, for a head with `head_config`, that config).
 # A run's model.json lists its heads by these names, so `pretraining_model` rebuilds the module
 # without knowing the objective.
@@ -140,6 +152,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "generator": MaskedLMGenerator,
     "distill_pooled": WidthProjection,
     "distill_hidden": WidthProjection,
+    "simcse_mlp": SentenceMLP,
 }
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
 from pretrainer.config import ObjectiveConfig
-from pretrainer.data.collators import IGNORE_INDEX, mask_tokens
+from pretrainer.data.collators import IGNORE_INDEX, corrupt_chosen, mask_tokens
+from pretrainer.data.masking import choose_spans, choose_units
 from pretrainer.errors import PretrainerError
+from pretrainer.io import atomic_write_bytes
 from pretrainer.models.heads import freeze_pooler
 from pretrainer.data_info import DataInfo
 from pretrainer.objectives.base import PretrainingObjective
@@ -60,11 +63,30 @@ class MaskedLM(PretrainingObjective):
         if getattr(data, "mask_id", None) is None:
             raise PretrainerError(f"objective.name = {cfg.name!r} needs a tokenizer with a [MASK] token; "
                                   f"use tokenizer.kind = \"wordpiece\" (byte-BPE has none)")
-        self.layout_options = {"whole_word": cfg.whole_word}  # the batches then carry word_starts
+        # "word" is also spelled whole_word = true (the older key)
+        self.masking = "word" if cfg.whole_word and cfg.masking == "token" else cfg.masking
+        self.layout_options = {"whole_word": self.masking != "token"}  # the batches then carry word_starts
+        if self.masking == "lexicon":
+            if not Path(cfg.lexicon).is_file():
+                raise PretrainerError(f"config key 'objective.lexicon' = '{cfg.lexicon}': file not found")
+            self.layout_options["lexicon"] = cfg.lexicon  # ... and unit_starts (data/lexicon.py)
         self.mask_id = data.mask_id
         self.vocab_size = data.vocab_size
         self.special_ids = list(getattr(data, "special_ids", None) or [])
         self.mask_rate = cfg.mask_rate
+
+    def check_data(self, data) -> None:
+        super().check_data(data)
+        if self.masking == "lexicon":
+            if not hasattr(data, "lexicon"):
+                raise PretrainerError(f"objective.masking = \"lexicon\" finds phrases in text; the data module "
+                                      f"{type(data).__name__} holds none")
+            data.lexicon(self.cfg.lexicon)  # read and encoded now: its errors come before the run is written
+
+    def save(self, run_dir) -> None:
+        """A copy of the lexicon beside config.toml: what the run masked by, if the file changes later."""
+        if self.masking == "lexicon":
+            atomic_write_bytes(Path(run_dir) / "lexicon.txt", Path(self.cfg.lexicon).read_bytes())
 
     def set_progress(self, fraction: float) -> None:
         end = self.cfg.mask_rate_end
@@ -95,11 +117,32 @@ class MaskedLM(PretrainingObjective):
         return PretrainingModel(backbone, {"mlm_head": mlm_head_for(backbone)})
 
     def mask(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        word_starts = None
-        if self.cfg.whole_word:
-            if "word_starts" not in batch:
-                raise ValueError("objective.whole_word is set but the batch has no word_starts")
-            word_starts = batch["word_starts"]
+        """-> (masked ids, labels), both (B, T), with the positions objective.masking chooses."""
+        return MASKINGS[self.masking](self, batch, generator)
+
+    def _batch_field(self, batch: dict, name: str) -> torch.Tensor:
+        if name not in batch:
+            raise ValueError(f"objective.masking = {self.masking!r} but the batch has no {name}")
+        return batch[name]
+
+    def _corrupt(self, batch: dict, chosen: torch.Tensor, generator: torch.Generator | None):
+        return corrupt_chosen(batch["input_ids"], batch["special_tokens_mask"], chosen, mask_id=self.mask_id,
+                              vocab_size=self.vocab_size, mask_token_rate=self.cfg.mask_token_rate,
+                              random_token_rate=self.cfg.random_token_rate, generator=generator,
+                              special_ids=self.special_ids)
+
+    def _mask_spans(self, batch: dict, generator: torch.Generator | None):
+        chosen = choose_spans(batch["special_tokens_mask"], self._batch_field(batch, "word_starts"), self.mask_rate,
+                              p=self.cfg.span_p, max_len=self.cfg.span_max, generator=generator)
+        return self._corrupt(batch, chosen, generator)
+
+    def _mask_units(self, batch: dict, generator: torch.Generator | None):
+        chosen = choose_units(batch["special_tokens_mask"], self._batch_field(batch, "unit_starts"), self.mask_rate,
+                              generator=generator)
+        return self._corrupt(batch, chosen, generator)
+
+    def _mask_words(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        word_starts = None if self.masking == "token" else self._batch_field(batch, "word_starts")
         return mask_tokens(batch["input_ids"], batch["special_tokens_mask"], mask_id=self.mask_id,
                            vocab_size=self.vocab_size, mask_rate=self.mask_rate,
                            mask_token_rate=self.cfg.mask_token_rate,
@@ -160,3 +203,12 @@ class MaskedLM(PretrainingObjective):
             count += n
         mlm_loss = loss_sum / max(count, 1)
         return {"mlm_loss": mlm_loss, "mlm_acc": correct / max(count, 1), "mlm_ppl": perplexity(mlm_loss)}
+
+
+# objective.masking -> how MaskedLM.mask chooses and corrupts positions (a batch -> (masked ids, labels)).
+MASKINGS = {
+    "token": MaskedLM._mask_words,
+    "word": MaskedLM._mask_words,
+    "span": MaskedLM._mask_spans,
+    "lexicon": MaskedLM._mask_units,
+}
