@@ -168,6 +168,10 @@ class TokenizerConfig:
     vocab_size: int = _field(8192, "vocabulary size when training", check=positive)
     lowercase: bool = _field(True, "lowercase and strip accents (wordpiece)")
     min_frequency: int = _field(2, "minimum token frequency when training", check=non_negative)
+    sentinels: int = _field(0, "span-corruption sentinel tokens <extra_id_0> .. <extra_id_{n-1}>, added after the "
+                               "vocabulary (on top of vocab_size; <extra_id_0> takes the highest id, as in T5); "
+                               "0 = none, and objective.name = \"span_corruption\" then adds 100",
+                            check=non_negative)
 
 
 @dataclass

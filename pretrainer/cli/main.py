@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
 
-    i = sub.add_parser("import", help="a Hugging Face BERT / GPT-2 folder -> a pretrainer run directory")
+    i = sub.add_parser("import", help="a Hugging Face BERT / GPT-2 / T5 folder -> a pretrainer run directory")
     i.add_argument("hf_dir")
     i.add_argument("run_dir")
     i.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
