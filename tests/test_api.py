@@ -97,3 +97,18 @@ def test_pair_classification_finetune(tmp_path):
     assert 0.0 <= results["dev"]["accuracy"] <= 1.0
     saved = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert saved["dev"]["accuracy"] == results["dev"]["accuracy"]
+
+
+def test_span_corruption_pretrain_evaluate_and_generate(tmp_path, capsys):
+    cfg = gpt_config(tmp_path, '--model.name="t5"', '--objective.name="span_corruption"',
+                     '--tokenizer.kind="wordpiece"', "--tokenizer.vocab_size=80", "--model.d_ff=64",
+                     "--train.max_steps=6", "--train.lr=3e-3")
+    result = pretrain(cfg, **QUIET)
+    assert result.step == 6 and 0 <= result.eval_history[-1]["span_acc"] <= 1
+    assert evaluate(cfg, **QUIET)["span_loss"] == pytest.approx(result.eval_history[-1]["span_loss"], rel=1e-5)
+    saved = load_config(tmp_path / "gpt" / "config.toml")
+    assert saved.tokenizer.sentinels == 100  # added for the objective, and recorded with the run
+    greedy = generate(cfg.run.dir, "to be or", max_new_tokens=6, greedy=True)
+    assert greedy == generate(cfg.run.dir, "to be or", max_new_tokens=6, greedy=True) and len(greedy) == 1
+    assert len(generate(cfg.run.dir, "to be or", max_new_tokens=6, num_beams=3)) == 1
+    assert main(["generate", cfg.run.dir, "--prompt", "to be", "--max-new-tokens", "4", "--num-beams", "2"]) == 0
