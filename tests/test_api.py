@@ -112,3 +112,17 @@ def test_span_corruption_pretrain_evaluate_and_generate(tmp_path, capsys):
     assert greedy == generate(cfg.run.dir, "to be or", max_new_tokens=6, greedy=True) and len(greedy) == 1
     assert len(generate(cfg.run.dir, "to be or", max_new_tokens=6, num_beams=3)) == 1
     assert main(["generate", cfg.run.dir, "--prompt", "to be", "--max-new-tokens", "4", "--num-beams", "2"]) == 0
+    # The encoder fine-tunes as a classifier through the ordinary finetune run (mean pooling,
+    # decoder frozen): the label is whether the text says "question".
+    rng = random.Random(1)
+    rows = [{"text": " ".join(rng.choices(WORDS[:7], k=5) + (["question"] if i % 2 else [])), "label": str(i % 2)}
+            for i in range(64)]
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ft = load_config(None, [
+        f'--finetune.init="{cfg.run.dir}"', f'--finetune.dir="{tmp_path / "ft"}"', f'--finetune.data.train="{labeled}"',
+        f'--finetune.data.dev="{labeled}"', "--finetune.train.epochs=20.0", "--finetune.train.batch_size=16",
+        "--finetune.train.lr=3e-3", '--finetune.pooling="mean"', "--finetune.max_len=32", "--impl.progress=false"])
+    results = finetune(ft, **QUIET)
+    assert results["trainable_params"] < results["total_params"]  # the decoder stays as pre-trained
+    assert results["dev"]["accuracy"] >= 0.9
