@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -136,3 +137,21 @@ def test_unsupported_feed_forward_is_refused(tokenizer, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "feed_forward_proj": "gated-silu"}))
     with pytest.raises(PretrainerError, match="feed_forward_proj = 'gated-silu'"):
         import_hf(tmp_path)
+
+
+def test_untied_checkpoint_without_its_head_gets_shared_unscaled(tokenizer, tmp_path):
+    """transformers ties a missing lm_head.weight to shared; with scale_decoder_outputs false that
+    is an unscaled head equal to the embedding, which we hold as an untied copy."""
+    ref = hf_t5(tokenizer, "relu", True)
+    ref.config.scale_decoder_outputs = False  # T5 v1.1-style output, but the head left tied
+    ref.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if k != "lm_head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model, _, info = import_hf(tmp_path)
+    assert not model.config.tie_embeddings and any("copy of shared" in n for n in info["notes"])
+    x, mask, y = inputs(tokenizer)
+    with torch.no_grad():
+        expected = ref(input_ids=x, attention_mask=mask, decoder_input_ids=y).logits
+        got = model.backbone.decoder_logits(model(x, mask.bool(), decoder_input_ids=y))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
