@@ -96,6 +96,8 @@ def smoke_shape(shape: Shape) -> Shape:
 
 def flops_per_token(task: str, s: Shape) -> float:
     """Useful model FLOPs per token (see FLOPS_CONVENTION)."""
+    if task == "seq2seq":
+        return t5_flops_per_token(s)
     if task == "electra":  # discriminator + its one-logit head + the generator's MLM step
         generator = dataclasses.replace(s, layers=electra_generator_layers(s))
         return 3 * (flops_per_token("infer", s) + 2 * s.d_model) + flops_per_token("mlm", generator)
@@ -431,6 +433,86 @@ def build_electra_pretrainer(spec, s):
 
 STEP_BUILDERS[("electra", "hf")] = build_electra_hf
 STEP_BUILDERS[("electra", "pretrainer")] = build_electra_pretrainer
+
+
+# T5: one span-corruption step of a 4 + 4 layer encoder–decoder, against Hugging Face's
+# T5ForConditionalGeneration on the same shapes. Both corrupt the same packed windows with
+# pretrainer's corrupt_spans each step (transformers ships no span-corruption collator).
+
+T5_MINI = Shape(layers=4, d_model=256, heads=4, d_ff=1024, vocab=16484)  # 16,384 pieces + 100 sentinels
+N_SENTINELS = 100
+WORKLOADS["t5-span"] = Workload("seq2seq", ("hf", "pretrainer"), T5_MINI,
+                                "T5 span-corruption step: 4 + 4 layers, width 256, vocab 16,484")
+PRIMARY["seq2seq"] = "tokens_per_s"
+ITEM_UNIT["seq2seq"] = "sequences"
+
+
+def t5_sentinels(s: Shape) -> list[int]:
+    return list(range(s.vocab - 1, s.vocab - 1 - N_SENTINELS, -1))  # <extra_id_0> the highest id, as in T5
+
+
+def t5_windows(torch, s: Shape, device):
+    """Packed windows of ordinary ids (below the sentinels)."""
+    return list(token_pool(torch, dataclasses.replace(s, vocab=s.vocab - N_SENTINELS), s.seq, False, device))
+
+
+def t5_lengths(s: Shape) -> tuple[int, int]:
+    """(encoder, decoder) lengths of a corrupted window of s.seq tokens (15% noise, mean span 3),
+    counted as pretrainer.data.collators.span_counts does (the launcher imports no torch)."""
+    n_noise = min(max(1, round(s.seq * MASK_RATE)), s.seq - 1)
+    n_spans = min(max(1, round(n_noise / 3.0)), n_noise, s.seq - n_noise)
+    return s.seq - n_noise + n_spans + 1, n_noise + n_spans + 1
+
+
+def t5_flops_per_token(s: Shape) -> float:
+    """Per raw token of the window (see FLOPS_CONVENTION): encoder blocks over its inputs, the
+    cross-attention keys/values over them too, decoder blocks (self + cross + FFN) and the tied
+    vocabulary projection over the targets."""
+    C, L = s.d_model, s.layers
+    enc, dec = t5_lengths(s)
+    encoder = enc * (2 * L * (4 * C * C + 2 * C * s.d_ff) + 4 * L * enc * C + 2 * L * 2 * C * C)
+    decoder = dec * (2 * L * (6 * C * C + 2 * C * s.d_ff) + 4 * L * dec * C + 4 * L * enc * C + 2 * C * s.vocab)
+    return 3 * (encoder + decoder) / s.seq
+
+
+def build_seq2seq_hf(spec, s):
+    import transformers
+    from pretrainer.data.collators import corrupt_spans
+    torch, device, amp = child_setup(spec)
+    config = transformers.T5Config(vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_model // s.heads, d_ff=s.d_ff,
+                                   num_layers=s.layers, num_heads=s.heads, dropout_rate=0.1,
+                                   feed_forward_proj="relu", pad_token_id=PAD_ID, eos_token_id=SEP_ID,
+                                   decoder_start_token_id=PAD_ID, attn_implementation="sdpa")
+    model = transformers.T5ForConditionalGeneration(config).to(device).train()
+    optimizer = adamw(torch, model, device)
+    run_model = maybe_compile(torch, model, spec)
+    batches = cycle(t5_windows(torch, s, device))
+    sentinels = t5_sentinels(s)
+
+    def forward():
+        inputs, targets = corrupt_spans(next(batches), sentinels, SEP_ID, noise_density=MASK_RATE)
+        return run_model(input_ids=inputs, labels=targets).loss  # shifts the labels right behind [PAD]
+
+    return hf_train_step(torch, model, optimizer, amp, forward), s.batch * s.seq, s.batch, \
+        {"attn": model.config._attn_implementation}
+
+
+def build_seq2seq_pretrainer(spec, s):
+    from pretrainer.config import ObjectiveConfig
+    from pretrainer.data_info import DataInfo
+    from pretrainer.models import T5Config, build_model
+    from pretrainer.objectives import SpanCorruption
+    torch, device, _ = child_setup(spec)
+    info = DataInfo("text", vocab_size=s.vocab, pad_id=PAD_ID, eos_id=SEP_ID, sentinel_ids=tuple(t5_sentinels(s)))
+    objective = SpanCorruption(ObjectiveConfig(name="span_corruption", noise_density=MASK_RATE), info)
+    cfg = T5Config(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, d_ff=s.d_ff, dropout=0.1)
+    model = objective.build(build_model(cfg, info)).to(device).train()
+    batches = cycle([{"input_ids": ids} for ids in t5_windows(torch, s, device)])
+    return pretrainer_step(torch, model, objective, batches, device, spec), s.batch * s.seq, s.batch, {}
+
+
+STEP_BUILDERS[("seq2seq", "hf")] = build_seq2seq_hf
+STEP_BUILDERS[("seq2seq", "pretrainer")] = build_seq2seq_pretrainer
 
 
 def peak_rss_mb() -> float:

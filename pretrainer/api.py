@@ -197,15 +197,25 @@ def evaluate(cfg: Config, log=print) -> dict:
 
 def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, greedy: bool = False, num_samples: int = 1,
-             seed: int = 0) -> list[str]:
-    """Continue `prompt` with a causal-LM run; returns `num_samples` texts."""
+             seed: int = 0, num_beams: int = 1) -> list[str]:
+    """Continue `prompt` with a causal-LM run, or answer it with an encoder–decoder run (the
+    prompt is the encoder's input; greedy, sampled or beam search); returns `num_samples` texts."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
+    if num_beams < 1:
+        raise PretrainerError(f"--num-beams must be >= 1, got {num_beams}")
     model, tokenizer = load_run(run_dir)
     model = getattr(model, "backbone", model)
+    if getattr(model, "is_encoder_decoder", False):
+        return generate_seq2seq(model, tokenizer, run_dir, prompt, max_new_tokens, temperature, top_k, top_p, greedy,
+                                num_samples, seed, num_beams)
     if not (hasattr(model, "generate") and getattr(model, "causal", False)):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise PretrainerError(f"{run_dir}: model {name!r} cannot generate text "
-                              f"(generation needs a causal-LM run, e.g. model.name = \"gpt\")")
+                              f"(generation needs a causal-LM or encoder–decoder run, e.g. model.name = \"gpt\" "
+                              f"or \"t5\")")
+    if num_beams > 1:
+        raise PretrainerError(f"--num-beams = {num_beams}: beam search is for encoder–decoder runs "
+                              f"(model.name = \"t5\"); a causal LM samples or decodes greedily")
     ids = tokenizer.encode_batch([prompt])[0] if prompt else []
     ids = [tokenizer.bos_id] + ids
     model.eval()
@@ -219,6 +229,32 @@ def generate(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 100, t
         if tokenizer.eos_id in new_ids[len(ids) - 1:]:  # stop at (and drop) the end-of-text token
             new_ids = new_ids[:new_ids.index(tokenizer.eos_id, len(ids) - 1)]
         out.append(tokenizer.decode(new_ids))
+    return out
+
+
+def generate_seq2seq(model, tokenizer, run_dir, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                     top_p: float, greedy: bool, num_samples: int, seed: int, num_beams: int) -> list[str]:
+    """The encoder reads the prompt and an end token (as span corruption's inputs end); the decoder
+    starts from [PAD] and stops at the end token."""
+    max_len = model.config.max_len
+    if max_new_tokens + 1 > max_len:
+        raise PretrainerError(f"--max-new-tokens = {max_new_tokens} is longer than the decoder allows: {run_dir} has "
+                              f"model.max_len = {max_len} (start token included); ask for at most {max_len - 1}")
+    ids = (tokenizer.encode_batch([prompt])[0] if prompt else []) + [tokenizer.eos_id]
+    if len(ids) > max_len:
+        raise PretrainerError(f"--prompt is {len(ids)} tokens with its end token, longer than the encoder allows: "
+                              f"{run_dir} has model.max_len = {max_len}")
+    model.eval()
+    x = torch.tensor([ids], dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num_samples):
+        y = model.generate(x, max_new_tokens, start_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
+                           pad_id=tokenizer.pad_id, num_beams=num_beams, greedy=greedy, temperature=temperature,
+                           top_k=top_k, top_p=top_p, generator=generator)[0, 1:].tolist()
+        if tokenizer.eos_id in y:
+            y = y[:y.index(tokenizer.eos_id)]
+        out.append(tokenizer.decode(y))
     return out
 
 

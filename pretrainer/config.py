@@ -168,6 +168,10 @@ class TokenizerConfig:
     vocab_size: int = _field(8192, "vocabulary size when training", check=positive)
     lowercase: bool = _field(True, "lowercase and strip accents (wordpiece)")
     min_frequency: int = _field(2, "minimum token frequency when training", check=non_negative)
+    sentinels: int = _field(0, "span-corruption sentinel tokens <extra_id_0> .. <extra_id_{n-1}>, added after the "
+                               "vocabulary (on top of vocab_size; <extra_id_0> takes the highest id, as in T5); "
+                               "0 = none, and objective.name = \"span_corruption\" then adds 100",
+                            check=non_negative)
 
 
 @dataclass
@@ -209,6 +213,11 @@ class ObjectiveConfig:
     weights: list[float] = _field([], "mixture: loss = sum of weight * sub-objective loss, one weight per "
                                   "entry of `mixture` (default: 1.0 each; 0 leaves that sub-objective out); "
                                   "each step reads train.batch_size sequences per sub-objective", check=non_negative)
+    noise_density: float = _field(0.15, "span_corruption: fraction of each sequence's tokens dropped from the input "
+                                        "(in spans) and predicted by the decoder", check=between(0, 1, low_open=True,
+                                                                                                 high_open=True))
+    mean_span_length: float = _field(3.0, "span_corruption: mean length of a dropped span (the number of spans is "
+                                          "noise tokens / this, rounded)", check=at_least(1))
     rtd_weight: float = _field(50.0, "ELECTRA: weight of the replaced-token detection loss (the paper's 50)",
                                check=non_negative)
     generator_layers: int = _field(0, "ELECTRA: generator blocks (0 = a third of the backbone's, at least 1)",

@@ -21,6 +21,7 @@ class DataInfo:
     bos_id: int | None = None
     eos_id: int | None = None
     special_ids: tuple[int, ...] = ()  # ids an objective never predicts
+    sentinel_ids: tuple[int, ...] = ()  # span corruption's <extra_id_0>, <extra_id_1>, ... in that order
     tokenizer_kind: str = ""  # "wordpiece" or "bytebpe" for text, for messages
     image_size: int = 0
     channels: int = 0

@@ -97,3 +97,32 @@ def test_pair_classification_finetune(tmp_path):
     assert 0.0 <= results["dev"]["accuracy"] <= 1.0
     saved = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert saved["dev"]["accuracy"] == results["dev"]["accuracy"]
+
+
+def test_span_corruption_pretrain_evaluate_and_generate(tmp_path, capsys):
+    cfg = gpt_config(tmp_path, '--model.name="t5"', '--objective.name="span_corruption"',
+                     '--tokenizer.kind="wordpiece"', "--tokenizer.vocab_size=80", "--model.d_ff=64",
+                     "--train.max_steps=6", "--train.lr=3e-3")
+    result = pretrain(cfg, **QUIET)
+    assert result.step == 6 and 0 <= result.eval_history[-1]["span_acc"] <= 1
+    assert evaluate(cfg, **QUIET)["span_loss"] == pytest.approx(result.eval_history[-1]["span_loss"], rel=1e-5)
+    saved = load_config(tmp_path / "gpt" / "config.toml")
+    assert saved.tokenizer.sentinels == 100  # added for the objective, and recorded with the run
+    greedy = generate(cfg.run.dir, "to be or", max_new_tokens=6, greedy=True)
+    assert greedy == generate(cfg.run.dir, "to be or", max_new_tokens=6, greedy=True) and len(greedy) == 1
+    assert len(generate(cfg.run.dir, "to be or", max_new_tokens=6, num_beams=3)) == 1
+    assert main(["generate", cfg.run.dir, "--prompt", "to be", "--max-new-tokens", "4", "--num-beams", "2"]) == 0
+    # The encoder fine-tunes as a classifier through the ordinary finetune run (mean pooling,
+    # decoder frozen): the label is whether the text says "question".
+    rng = random.Random(1)
+    rows = [{"text": " ".join(rng.choices(WORDS[:7], k=5) + (["question"] if i % 2 else [])), "label": str(i % 2)}
+            for i in range(64)]
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ft = load_config(None, [
+        f'--finetune.init="{cfg.run.dir}"', f'--finetune.dir="{tmp_path / "ft"}"', f'--finetune.data.train="{labeled}"',
+        f'--finetune.data.dev="{labeled}"', "--finetune.train.epochs=20.0", "--finetune.train.batch_size=16",
+        "--finetune.train.lr=3e-3", '--finetune.pooling="mean"', "--finetune.max_len=32", "--impl.progress=false"])
+    results = finetune(ft, **QUIET)
+    assert results["trainable_params"] < results["total_params"]  # the decoder stays as pre-trained
+    assert results["dev"]["accuracy"] >= 0.9

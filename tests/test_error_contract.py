@@ -39,6 +39,7 @@ def _write_world(root: Path) -> None:
     (root / "gpt.toml").write_text(_config(root, "gpt", "gpt", objective="clm"))
     (root / "lexicon-gap.txt").write_text("good film\n\nbad story\n")
     (root / "nocorpus.toml").write_text("[train]\nlr = 0.001\n")
+    (root / "t5.toml").write_text(_config(root, "t5", "t5", objective="span_corruption"))
 
 
 def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
@@ -90,7 +91,7 @@ max_steps = 1
 def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world")
     _write_world(root)
-    for config in ("good.toml", "gpt.toml"):
+    for config in ("good.toml", "gpt.toml", "t5.toml"):
         assert main(["pretrain", str(root / config)]) == 0
     assert main(["finetune", str(root / "good.toml")]) == 0
     assert main(["export", str(root / "run"), str(root / "hf")]) == 0
@@ -174,6 +175,13 @@ RUN_CASES = [
     Case("generate:zero-temperature", ("generate", "{world}/gpt", "--temperature", "0"), ("temperature",)),
     Case("generate:negative-top-k", ("generate", "{world}/gpt", "--top-k", "-1"), ("top-k",)),
     Case("generate:zero-samples", ("generate", "{world}/gpt", "--num-samples", "0"), ("num-samples",)),
+    Case("generate:zero-beams", ("generate", "{world}/t5", "--num-beams", "0"), ("num-beams",)),
+    Case("generate:beams-on-a-causal-lm", ("generate", "{world}/gpt", "--num-beams", "3"), ("num-beams", "t5")),
+    Case("generate:target-longer-than-the-decoder", ("generate", "{world}/t5", "--max-new-tokens", "40"),
+         ("max-new-tokens", "max_len = 32")),
+    Case("generate:prompt-longer-than-the-encoder", ("generate", "{world}/t5", "--prompt", "good " * 40,
+                                                     "--max-new-tokens", "5"),
+         ("prompt", "max_len = 32")),
     Case("export:no-run", ("export", "{world}/absent", "{world}/out"), ("absent",)),
     Case("export:run-is-file", ("export", "{world}/corpus.txt", "{world}/out"), ("corpus.txt",)),
     Case("export:into-a-run", ("export", "{world}/gpt", "{world}/run"), ("run",)),
@@ -222,7 +230,7 @@ CASES = _config_cases() + RUN_CASES
 def _snapshot(root: Path) -> dict[str, str]:
     """Hash of every file of the world's run directories (the inputs are rewritten by cases)."""
     out = {"fresh exists": str((root / "fresh").exists())}  # a refused new run is never created
-    for run in ("run", "gpt"):
+    for run in ("run", "gpt", "t5"):
         for path in sorted((root / run).rglob("*")):
             if path.is_file():
                 out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()

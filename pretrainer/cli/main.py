@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or entity F1 for a tagger); writes evaluation.json there. CONFIG may be the run's "
                         "directory: its config.toml then gives the files and how texts are read")
 
-    g = sub.add_parser("generate", help="sample text from a causal-LM run")
+    g = sub.add_parser("generate", help="sample text from a causal-LM run, or answer a prompt with an "
+                                        "encoder–decoder run")
     g.add_argument("run_dir")
     g.add_argument("--prompt", default="", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=100)
@@ -54,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (encoder–decoder runs)")
     g.add_argument("--seed", type=int, default=0)
 
-    i = sub.add_parser("import", help="a Hugging Face BERT / GPT-2 folder -> a pretrainer run directory")
+    i = sub.add_parser("import", help="a Hugging Face BERT / GPT-2 / T5 folder -> a pretrainer run directory")
     i.add_argument("hf_dir")
     i.add_argument("run_dir")
     i.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -157,7 +159,8 @@ def _run(args, overrides: list[str]) -> int:
     if args.command == "generate":
         for text in api.generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                 greedy=args.greedy, num_samples=args.num_samples, seed=args.seed):
+                                 greedy=args.greedy, num_samples=args.num_samples, seed=args.seed,
+                                 num_beams=args.num_beams):
             print(text)
             print("-" * 40)
         return 0

@@ -109,3 +109,71 @@ def _base_allowed(vocab_size: int, mask_id: int, special_ids: tuple[int, ...], d
     if special_ids:
         allowed[torch.as_tensor(special_ids, device=device)] = False
     return allowed
+
+
+def span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) in a sequence of `length` tokens, as T5 rounds them: at least
+    one of each, and at least one kept token between spans."""
+    n_noise = min(max(1, round(length * noise_density)), length - 1)
+    n_spans = min(max(1, round(n_noise / mean_span_length)), n_noise, length - n_noise)
+    return n_noise, n_spans
+
+
+def _random_segments(B: int, n: int, m: int, uniform) -> torch.Tensor:
+    """(B, m) lengths >= 1 summing to n: n items cut at m - 1 distinct random places."""
+    if m == 1:
+        return torch.full((B, 1), n, dtype=torch.long)
+    scores = uniform(B, n - 1)  # a cut before item i + 1 for the m - 1 lowest scores
+    cut = scores.argsort(dim=1).argsort(dim=1) < m - 1  # (B, n - 1)
+    segment = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=cut.device), cut.long().cumsum(1)], dim=1)
+    return torch.zeros(B, m, dtype=torch.long, device=cut.device).scatter_add_(1, segment, torch.ones_like(segment))
+
+
+def noise_span_mask(B: int, length: int, noise_density: float, mean_span_length: float,
+                    generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """T5's random spans: (noise (B, L) bool, span (B, L) long index of each token's segment pair).
+
+    Every row has exactly `span_counts` noise tokens in that many spans, alternating with kept
+    spans, kept first: keep_0 noise_0 keep_1 noise_1 ... noise_{m-1}. Span lengths are a
+    uniformly random composition of the counts, so their mean is n_noise / n_spans."""
+    n_noise, m = span_counts(length, noise_density, mean_span_length)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        on = generator.device if generator is not None else device
+        return torch.rand(*shape, generator=generator, device=on).to(device)
+
+    noise_lengths = _random_segments(B, n_noise, m, uniform)
+    keep_lengths = _random_segments(B, length - n_noise, m, uniform)
+    ends = torch.stack([keep_lengths, noise_lengths], dim=2).flatten(1).cumsum(1)  # (B, 2m) segment ends
+    positions = torch.arange(length, device=device).expand(B, length).contiguous()
+    segment = torch.searchsorted(ends, positions, right=True)  # (B, L): keep_i = 2i, noise_i = 2i + 1
+    return segment % 2 == 1, segment // 2
+
+
+def corrupt_spans(input_ids: torch.Tensor, sentinel_ids: Sequence[int], eos_id: int, *, noise_density: float = 0.15,
+                  mean_span_length: float = 3.0,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5's span corruption: input_ids (B, L) -> (inputs (B, L - n + m + 1), targets (B, n + m + 1)).
+
+    Each of the m noise spans (n tokens in all) is replaced in the input by one sentinel, the
+    i-th span by sentinel_ids[i]; the target lists each sentinel followed by the tokens it
+    replaced. Both end with eos_id. Every row has the same n and m, so no padding is needed.
+    """
+    B, L = input_ids.shape
+    n_noise, m = span_counts(L, noise_density, mean_span_length)
+    if m > len(sentinel_ids):
+        raise ValueError(f"{m} noise spans need {m} sentinels; the tokenizer has {len(sentinel_ids)}")
+    noise, span = noise_span_mask(B, L, noise_density, mean_span_length, generator, input_ids.device)
+    sentinels = torch.as_tensor(list(sentinel_ids[:m]), device=input_ids.device)[span]  # (B, L)
+    starts = noise.clone()
+    starts[:, 1:] &= ~noise[:, :-1]  # the first token of each noise span
+    # Two slots per position: a sentinel where a span starts, then the token itself. Inputs keep
+    # the sentinel slot at span starts and kept tokens; targets the sentinel slot and noise tokens.
+    slots = torch.stack([sentinels, input_ids], dim=2).flatten(1)  # (B, 2L)
+    eos = torch.full((B, 1), eos_id, dtype=input_ids.dtype, device=input_ids.device)
+    keep_in_input = torch.stack([starts, ~noise], dim=2).flatten(1)
+    keep_in_target = torch.stack([starts, noise], dim=2).flatten(1)
+    inputs = torch.cat([slots[keep_in_input].view(B, L - n_noise + m), eos], dim=1)
+    targets = torch.cat([slots[keep_in_target].view(B, n_noise + m), eos], dim=1)
+    return inputs, targets

@@ -11,6 +11,7 @@ written by W processes resumes in any other number without replaying or skipping
 Layouts (T = seq_len, all ids long, all masks bool):
 - "mlm":     [CLS] seq_len-2 packed tokens [SEP]; documents inside are split by [SEP].
 - "clm":     seq_len+1 packed tokens; windows overlap by one so every token is a target once.
+- "packed":  seq_len packed tokens, nothing added (span corruption cuts its inputs and targets from them).
 - "mlm_nsp": [CLS] A [SEP] B [SEP] pad...; B follows A in its document (label 0) or comes
              from another document (label 1), 50/50; A and B break at sentence starts.
 - "mlm_sop": the same pairs, always two consecutive spans of one document, given in order
@@ -29,7 +30,7 @@ from pretrainer.data.shards import TokenStream
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
 
-LAYOUTS = ("mlm", "mlm_nsp", "mlm_sop", "clm")  # what an objective may name as its batch_layout
+LAYOUTS = ("mlm", "mlm_nsp", "mlm_sop", "clm", "packed")  # what an objective may name as its batch_layout
 PAIR_LAYOUTS = ("mlm_nsp", "mlm_sop")
 # What each seeded draw is for, so the draws never share a random stream.
 DRAW_ORDER, DRAW_SHIFT, DRAW_PAIRS = 0, 1, 2
@@ -147,7 +148,7 @@ class BatchBuilder:
                  whole_word: bool = False, lexicon: Lexicon | None = None):
         if kind not in LAYOUTS:
             raise PretrainerError(f"unknown batch layout {kind!r}; choose one of: {', '.join(LAYOUTS)}")
-        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5}[kind]
+        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5, "packed": 2}[kind]
         if seq_len < min_len:
             raise PretrainerError(f"train.seq_len = {seq_len} is too short for {kind} (needs >= {min_len})")
         self.stream, self.seq_len, self.kind = stream, seq_len, kind
@@ -157,6 +158,8 @@ class BatchBuilder:
             self.span = self.stride = seq_len - 2
         elif kind == "clm":
             self.span, self.stride = seq_len + 1, seq_len
+        elif kind == "packed":
+            self.span = self.stride = seq_len
         else:
             # An NSP anchor only picks the document and sentence A starts in; pairs stay inside documents.
             self.span, self.stride = 1, seq_len - 3
@@ -170,6 +173,8 @@ class BatchBuilder:
     def build(self, starts: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if self.kind == "clm":
             return self.clm(starts, self.seq_len + 1)
+        if self.kind == "packed":
+            return self.clm(starts, self.seq_len)
         if self.kind == "mlm":
             return self.mlm(starts, self.seq_len - 2)
         return self.mlm_nsp(starts, rng)
@@ -343,6 +348,8 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     left = len(stream) - covered
     if kind == "mlm" and left >= 1 and not tokenizer.special_table[stream.tokens[covered:]].all():
         yield builder.mlm(np.array([covered]), left)
+    elif kind == "packed" and left >= 2:
+        yield builder.clm(np.array([covered]), left)
     elif kind == "clm" and left >= 1:
         # The token before the tail is its first input, so its first token is still a target.
         start = covered - 1 if covered else 0

@@ -42,7 +42,7 @@ from pretrainer.config import Config
 from pretrainer.data.text_config import TextDataConfig
 from pretrainer.data.readers import ReadStats, read_documents
 from pretrainer.data.sources import cache_root
-from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_file, train_tokenizer
+from pretrainer.data.tokenizer import TextTokenizer, load_tokenizer, tokenizer_file, train_tokenizer, with_sentinels
 from pretrainer.errors import PretrainerError
 
 # Bump when the layout or the packing rules change, so old caches are not reused
@@ -125,7 +125,10 @@ def cache_key(cfg: Config) -> str:
     data.pop("cache_dir")
     data.pop("name")  # shards depend on what is read, not on the module's registered name
     h = hashlib.sha256()
-    h.update(json.dumps({"format": SHARD_FORMAT, "data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer),
+    tokenizer = dataclasses.asdict(cfg.tokenizer)
+    if not tokenizer["sentinels"]:  # caches prepared before sentinels existed keep their names
+        tokenizer.pop("sentinels")
+    h.update(json.dumps({"format": SHARD_FORMAT, "data": data, "tokenizer": tokenizer,
                          "seed": cfg.run.seed}, sort_keys=True).encode())
     files = [*data["train"], *data["eval"]]
     if cfg.tokenizer.path:
@@ -211,7 +214,8 @@ def _build(cfg: Config, out: Path, log: Callable[[str], None]) -> None:
     flat however large the corpus (only per-document lengths are kept until the end)."""
     data = cfg.data
     if cfg.tokenizer.path:
-        tokenizer = load_tokenizer(cfg.tokenizer.path, lowercase=cfg.tokenizer.lowercase)
+        tokenizer = with_sentinels(load_tokenizer(cfg.tokenizer.path, lowercase=cfg.tokenizer.lowercase),
+                                   cfg.tokenizer.sentinels)
         n_documents = None
     else:
         log(f"training a {cfg.tokenizer.kind} tokenizer (vocab {cfg.tokenizer.vocab_size:,}) "

@@ -27,7 +27,7 @@ def text_info(tokenizer: TextTokenizer) -> DataInfo:
     return DataInfo(modality="text", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
                     cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id,
                     bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, special_ids=tuple(tokenizer.special_ids),
-                    tokenizer_kind=tokenizer.kind)
+                    sentinel_ids=tuple(tokenizer.sentinel_ids), tokenizer_kind=tokenizer.kind)
 
 
 NO_HELDOUT = (" (no held-out data: set data.holdout > 0 with two or more documents, or data.eval, "

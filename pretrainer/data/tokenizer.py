@@ -24,6 +24,7 @@ from pretrainer.errors import PretrainerError
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 WORDPIECE_SPECIALS = [PAD, UNK, CLS, SEP, MASK]  # list order = ids when training
 ENDOFTEXT = "<|endoftext|>"
+SENTINEL = "<extra_id_{}>"  # T5's span-corruption sentinels, numbered from 0
 BYTEBPE_MIN_VOCAB = 257  # every byte, and <|endoftext|>
 # A text longer than this is tokenized in pieces cut before whitespace (see `text_pieces`), so
 # memory does not grow with the length of one line: the Rust encoder keeps ~100 bytes per
@@ -72,8 +73,12 @@ class TextTokenizer:
         else:
             raise PretrainerError(f"{source}: unsupported tokenizer model {type(tokenizer.model).__name__} "
                                   f"(use a WordPiece or byte-level BPE tokenizer)")
-        # UNK is an ordinary, predictable token; these four are never MLM targets.
-        self.special_ids = sorted({self.pad_id, self.cls_id, self.sep_id}
+        # Sentinels, if any: <extra_id_0>, <extra_id_1>, ... while the vocabulary has them.
+        self.sentinel_ids: list[int] = []
+        while SENTINEL.format(len(self.sentinel_ids)) in vocab:
+            self.sentinel_ids.append(vocab[SENTINEL.format(len(self.sentinel_ids))])
+        # UNK is an ordinary, predictable token; these four (and sentinels) are never MLM targets.
+        self.special_ids = sorted({self.pad_id, self.cls_id, self.sep_id, *self.sentinel_ids}
                                   | ({self.mask_id} if self.mask_id is not None else set()))
         # word_starts is a table lookup: (vocab_size,) bool, True where a token begins a word.
         self._word_start_table = np.zeros(self.vocab_size, dtype=bool)
@@ -254,7 +259,19 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer
             raise PretrainerError(f"config key 'tokenizer.vocab_size' = {cfg.vocab_size} is below the minimum "
                                   f"for this corpus: {trained} ({len(WORDPIECE_SPECIALS)} special tokens + "
                                   f"{trained - len(WORDPIECE_SPECIALS)} for its characters)")
-    return TextTokenizer(tokenizer, source=f"trained {cfg.kind} tokenizer")
+    return with_sentinels(TextTokenizer(tokenizer, source=f"trained {cfg.kind} tokenizer"), cfg.sentinels)
+
+
+def with_sentinels(tokenizer: TextTokenizer, n: int) -> TextTokenizer:
+    """`tokenizer` with at least `n` sentinels: the missing ones are appended as special tokens,
+    highest number first, so <extra_id_0> takes the last id (T5's layout). A tokenizer that has
+    enough is returned as it is, so runs saved without sentinels load unchanged."""
+    have = len(tokenizer.sentinel_ids)
+    if n <= have:
+        return tokenizer
+    inner = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+    inner.add_special_tokens([SENTINEL.format(i) for i in reversed(range(have, n))])
+    return TextTokenizer(inner, source="tokenizer with sentinels")
 
 
 def _renumber_wordpiece(tokenizer: Tokenizer) -> None:

@@ -18,7 +18,8 @@ from tokenizers import Tokenizer, processors
 from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.data.tokenizer import CLS, ENDOFTEXT, MASK, PAD, SEP, UNK
-from pretrainer.interop.hf_layout import FAMILIES_BY_NAME, HFFamily, hf_names
+from pretrainer.interop.hf_families import FAMILIES_BY_NAME, hf_names
+from pretrainer.interop.hf_layout import HFFamily
 from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.io import read_json, write_folder_atomically
 from pretrainer.runs import load_run, run_label_names
@@ -74,10 +75,11 @@ def hf_state_dict(model: nn.Module, family: HFFamily) -> dict[str, torch.Tensor]
     out = {}
     # A pre-training head Hugging Face's classes have no place for (the sentence-order head) stays home.
     unmapped = tuple(f"{h}." for h in getattr(model, "head_names", ()) if h not in family.pretraining_heads)
-    for key, t in dense_state(model.state_dict(), getattr(model, "config", None)).items():
+    cfg = getattr(model, "config", None)
+    for key, t in dense_state(model.state_dict(), cfg).items():
         if unmapped and key.startswith(unmapped):
             continue
-        names = hf_names(family, key)
+        names = hf_names(family, key, cfg)
         for name, chunk in zip(names, t.chunk(len(names))):
             out[name] = chunk.t() if family.transposed(name) else chunk
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
@@ -206,6 +208,8 @@ def save_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike, architectur
     special_ids = {"pad_token_id": tokenizer.pad_id}
     if tokenizer.kind == "bytebpe":
         special_ids.update(bos_token_id=eot, eos_token_id=eot)
+    if getattr(getattr(backbone, "backbone", backbone), "is_encoder_decoder", False):  # decoding starts from [PAD], as T5's
+        special_ids.update(eos_token_id=eot, decoder_start_token_id=tokenizer.pad_id)
     hf_cfg.update(architectures=[architecture], dtype=str(next(iter(state.values())).dtype).removeprefix("torch."),
                   **special_ids)
     files = hf_tokenizer_files(tokenizer, backbone.config.max_len)

@@ -1,4 +1,4 @@
-"""Hugging Face import: BERT / GPT-2 checkpoints into our models and tokenizers.
+"""Hugging Face import: BERT / GPT-2 / T5 checkpoints into our models and tokenizers.
 
 `import_hf(dir)` reads a Hugging Face model folder (config.json, model.safetensors or a
 plain-tensor pytorch_model.bin, tokenizer files) into our model and TextTokenizer;
@@ -25,7 +25,8 @@ from pretrainer.errors import PretrainerError
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.data.sources import minilm_dir
 from pretrainer.data.tokenizer import ENDOFTEXT, TextTokenizer, load_tokenizer
-from pretrainer.interop.hf_layout import FAMILIES, IMPORT_FORMAT, hf_names
+from pretrainer.interop.hf_families import FAMILIES, hf_names
+from pretrainer.interop.hf_layout import IMPORT_FORMAT
 from pretrainer.io import read_json, save_weights, sha256_of_files, write_folder_atomically
 from pretrainer.runs import load_run, module_spec
 from pretrainer.objectives.heads import pretraining_model
@@ -115,7 +116,7 @@ def _sample(keys, n: int = 4) -> str:
 
 
 def import_hf(hf_dir: str | os.PathLike):
-    """(model, tokenizer, info) from a Hugging Face BERT or GPT-2 folder.
+    """(model, tokenizer, info) from a Hugging Face BERT, GPT-2 or T5 folder.
 
     A BertForSequenceClassification checkpoint becomes a SequenceClassifier (CLS pooling), a
     BertForTokenClassification or GPT2ForTokenClassification one a TokenClassifier.
@@ -161,7 +162,7 @@ def import_hf(hf_dir: str | os.PathLike):
 
     ours, used, missing = {}, set(), set()
     for key, ref in model.state_dict().items():
-        names = hf_names(family, key)
+        names = hf_names(family, key, cfg)
         if not all(n in state for n in names):
             missing.update(n for n in names if n not in state)
             continue

@@ -146,7 +146,7 @@ BERT_BLOCK_NAMES = [  # inside blocks.i -> inside bert.encoder.layer.i
 ]
 
 
-def berthf_names(key: str) -> list[str]:
+def berthf_names(key: str, cfg: BertConfig | None = None) -> list[str]:
     """Our backbone key -> its Hugging Face name(s); `qkv` is three (query, key, value)."""
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
     if m is None:
@@ -166,7 +166,7 @@ GPT2_BLOCK_NAMES = [("attn.qkv.", "attn.c_attn."), ("attn.proj.", "attn.c_proj."
                     ("mlp.fc.", "mlp.c_fc."), ("mlp.proj.", "mlp.c_proj."), ("ln_", "ln_")]
 
 
-def gpt2hf_names(key: str) -> list[str]:
+def gpt2hf_names(key: str, cfg: GPTConfig | None = None) -> list[str]:
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
     if m is None:
         name = "lm_head.weight" if key == "lm_head.weight" else "transformer." + key
@@ -240,7 +240,7 @@ class HFFamily:
     base_architecture: str
     config_from_hf: Callable[[dict, str], tuple[ModelConfig, list[str]]]
     config_to_hf: Callable[[ModelConfig], dict]
-    hf_names: Callable[[str], list[str]]
+    hf_names: Callable[[str, ModelConfig], list[str]]  # our key (the config decides gated T5 FFNs) -> theirs
     canonical: Callable[[dict, ModelConfig], tuple[dict, list[str]]]
     part_of: Callable[[str], str]
     transposed: Callable[[str], bool]
@@ -290,13 +290,3 @@ GPT2 = HFFamily(
     classifier_architecture=None, tagger_architecture="GPT2ForTokenClassification",
     fresh_parts={"lm_head": "untied LM head: N(0, init_std) weights"},
     trained_with_backbone=frozenset({"base", "lm_head"}))
-
-FAMILIES = {f.model_type: f for f in (BERT, GPT2)}  # config.json model_type -> family
-FAMILIES_BY_NAME = {f.our_name: f for f in (BERT, GPT2)}  # our model name -> family
-
-
-def hf_names(family: HFFamily, key: str) -> list[str]:
-    """Full Hugging Face name(s) of one of our keys; a classifier's or tagger's head is `classifier`."""
-    if key.startswith("head."):
-        return ["classifier." + key[len("head."):]]
-    return family.hf_names(key.removeprefix("backbone."))

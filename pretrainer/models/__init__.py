@@ -1,6 +1,6 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt") in `MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5") in `MODELS`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pretrainer.errors import PretrainerError
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+from pretrainer.models.t5 import T5Config, T5Model
 from pretrainer.registry import MODELS
 
-__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "TokenClassifier", "build_model",
+__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "T5Config", "T5Model",
+           "TokenClassifier", "build_model",
            "model_config_dict", "model_from_config_dict"]
 
 

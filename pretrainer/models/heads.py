@@ -32,6 +32,13 @@ def freeze_pooler(backbone: nn.Module) -> None:
         pooler.requires_grad_(False)
 
 
+def freeze_decoder(backbone: nn.Module) -> None:
+    """A task head reads an encoder–decoder's encoder only (`forward`): its decoder is frozen, for
+    the same reason as the pooler."""
+    if hasattr(backbone, "freeze_decoder"):
+        backbone.freeze_decoder()
+
+
 class WrapsBackbone(nn.Module):
     """A module built around `self.backbone`: it shows the backbone's config and width, and
     places its own parameters above the backbone's top layer for layer-wise rules."""
@@ -94,6 +101,7 @@ class SequenceClassifier(_BackboneHead):
         self.chunk_pooling = chunk_pooling
         if pooling != "cls":
             freeze_pooler(backbone)
+        freeze_decoder(backbone)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = batch.get("attention_mask")
@@ -122,6 +130,7 @@ class TokenClassifier(_BackboneHead):
                  crf_lr: float | None = None):
         super().__init__(backbone, num_labels, dropout, layer_decay)
         freeze_pooler(backbone)
+        freeze_decoder(backbone)
         self.case_embeddings = None
         if case_features:
             words = word_embedding_table(backbone, "case features (finetune.case_features)")

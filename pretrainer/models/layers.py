@@ -182,7 +182,7 @@ def set_dropout(module: nn.Module, p: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
-        elif isinstance(m, SelfAttention):
+        elif hasattr(m, "attn_dropout"):  # attention modules (SelfAttention, T5Attention)
             m.attn_dropout = p
 
 

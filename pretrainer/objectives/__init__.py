@@ -15,6 +15,7 @@ from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
 from pretrainer.objectives.simcse import SimCSE
 from pretrainer.objectives.sop import MaskedLMWithSOP
+from pretrainer.objectives.span import SpanCorruption
 
 __all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
-           "ReplacedTokenDetection", "SimCSE"]
+           "ReplacedTokenDetection", "SimCSE", "SpanCorruption"]

@@ -109,6 +109,9 @@ class MaskedLM(PretrainingObjective):
     def check_backbone(self, backbone: nn.Module) -> str | None:
         if getattr(backbone, "causal", False):
             return "masked LM predicts a token from both sides; a causal decoder sees only its left (use clm)"
+        if getattr(backbone, "is_encoder_decoder", False):
+            return ("masked LM trains an encoder alone; an encoder–decoder pre-trains both stacks with "
+                    "objective.name = \"span_corruption\"")
         return None
 
     def build(self, backbone: nn.Module) -> PretrainingModel:

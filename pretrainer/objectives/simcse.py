@@ -68,6 +68,11 @@ class SimCSE(PretrainingObjective):
         if self.pooling == "cls_mlp" and getattr(backbone, "causal", False):
             return ("SimCSE with objective.pooling = \"cls_mlp\" reads the first token, which a causal decoder "
                     "computes from itself alone (use objective.pooling = \"mean\")")
+        if getattr(backbone, "is_encoder_decoder", False):
+            # Its decoder would get no gradient: SimCSE continues an encoder-decoder's encoder only
+            # after it has been taken out (a classifier freezes the decoder; pre-training cannot).
+            return ("SimCSE trains a sentence encoder; an encoder–decoder's decoder would learn nothing "
+                    "(pre-train it with objective.name = \"span_corruption\")")
         return None
 
     def caution(self, backbone: nn.Module) -> str | None:

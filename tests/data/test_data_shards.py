@@ -192,3 +192,29 @@ def test_no_holdout_gives_an_empty_eval_stream(corpus_config):
     corpus = prepare_corpus(corpus_config, log=lambda m: None)
     assert len(corpus.eval) == 0 and corpus.eval.num_documents == 0
     assert corpus.train.num_documents == 200
+
+
+def test_sentinels_key_the_cache_only_when_asked_for(corpus_config):
+    """Caches prepared before tokenizer.sentinels existed keep their names; asking for sentinels
+    prepares (and names) another corpus, whose tokenizer has them after its vocabulary."""
+    import dataclasses
+    import hashlib
+    import json
+
+    tokenizer = dataclasses.asdict(corpus_config.tokenizer)
+    tokenizer.pop("sentinels")
+    data = dataclasses.asdict(corpus_config.data)
+    data.pop("cache_dir"), data.pop("name")
+    h = hashlib.sha256(json.dumps({"format": shards.SHARD_FORMAT, "data": data, "tokenizer": tokenizer,
+                                   "seed": corpus_config.run.seed}, sort_keys=True).encode())
+    for path in [*data["train"], *data["eval"]]:  # the key as it was computed before the field existed
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).hexdigest().encode())
+    old = shards.cache_key(corpus_config)
+    assert old == h.hexdigest()
+    corpus_config.tokenizer.sentinels = 3
+    assert shards.cache_key(corpus_config) != old
+    corpus = prepare_corpus(corpus_config, log=lambda m: None)
+    sentinels = corpus.tokenizer.sentinel_ids
+    assert len(sentinels) == 3 and sentinels[0] == corpus.tokenizer.vocab_size - 1
+    assert not np.isin(np.asarray(corpus.train.tokens), corpus.tokenizer.sentinel_ids).any()

@@ -375,8 +375,8 @@ def test_pickled_code_is_refused(tmp_path, wordpiece):
 
 
 def test_unsupported_checkpoints_are_refused(tmp_path, wordpiece):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 32}))
-    with pytest.raises(PretrainerError, match="model_type 't5' is not supported; supported: bert, gpt2"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bart", "d_model": 32}))
+    with pytest.raises(PretrainerError, match="model_type 'bart' is not supported; supported: bert, gpt2, t5"):
         import_hf(tmp_path)
     hf_cfg = tiny_hf_bert("BertModel", wordpiece.vocab_size).config.to_dict()
     (tmp_path / "config.json").write_text(json.dumps({**hf_cfg, "hidden_act": "relu"}))
