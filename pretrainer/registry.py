@@ -67,6 +67,8 @@ OBJECTIVES: Registry = Registry("objective")  # name -> objective class (see obj
 TRANSFER_METHODS: Registry = Registry("transfer method", key="finetune.method", package="pretrainer.transfer")
 TASKS: Registry = Registry("task", key="finetune.task", package="pretrainer.transfer")
 DATA: Registry = Registry("data module", key="data.name", package="pretrainer.data")  # name -> data module class
+# name -> a function that trains a pre-training module (training/engines.py): "fit", "gensim"
+ENGINES: Registry = Registry("training engine", key="objective.engine", package="pretrainer.training.engines")
 # "load" -> interop.load_pretrained (spec -> model, tokenizer, description), "folder" -> interop.init_folder:
 # how a layer below interop (a distillation objective's teacher) reads a run dir, hf:PATH or pkg:NAME.
 PRETRAINED: Registry = Registry("pretrained-model reader", package="pretrainer.interop.hf_import")

@@ -15,6 +15,8 @@ Layouts (T = seq_len, all ids long, all masks bool):
              from another document (label 1), 50/50; A and B break at sentence starts.
 - "mlm_sop": the same pairs, always two consecutive spans of one document, given in order
              (sentence_order_label 0) or swapped (1), 50/50 (ALBERT's sentence-order prediction).
+- "tokens":  seq_len packed tokens as they are, documents split by the separator, nothing added
+             (word vectors: the objective reads the separators as document borders).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pretrainer.data.shards import TokenStream
 from pretrainer.data.tokenizer import TextTokenizer
 from pretrainer.errors import PretrainerError
 
-LAYOUTS = ("mlm", "mlm_nsp", "mlm_sop", "clm")  # what an objective may name as its batch_layout
+LAYOUTS = ("mlm", "mlm_nsp", "mlm_sop", "clm", "tokens")  # what an objective may name as its batch_layout
 PAIR_LAYOUTS = ("mlm_nsp", "mlm_sop")
 # What each seeded draw is for, so the draws never share a random stream.
 DRAW_ORDER, DRAW_SHIFT, DRAW_PAIRS = 0, 1, 2
@@ -146,7 +148,7 @@ class BatchBuilder:
                  whole_word: bool = False):
         if kind not in LAYOUTS:
             raise PretrainerError(f"unknown batch layout {kind!r}; choose one of: {', '.join(LAYOUTS)}")
-        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5}[kind]
+        min_len = {"mlm": 3, "clm": 1, "mlm_nsp": 5, "mlm_sop": 5, "tokens": 2}[kind]
         if seq_len < min_len:
             raise PretrainerError(f"train.seq_len = {seq_len} is too short for {kind} (needs >= {min_len})")
         self.stream, self.seq_len, self.kind = stream, seq_len, kind
@@ -155,6 +157,8 @@ class BatchBuilder:
             self.span = self.stride = seq_len - 2
         elif kind == "clm":
             self.span, self.stride = seq_len + 1, seq_len
+        elif kind == "tokens":
+            self.span = self.stride = seq_len
         else:
             # An NSP anchor only picks the document and sentence A starts in; pairs stay inside documents.
             self.span, self.stride = 1, seq_len - 3
@@ -168,6 +172,8 @@ class BatchBuilder:
     def build(self, starts: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if self.kind == "clm":
             return self.clm(starts, self.seq_len + 1)
+        if self.kind == "tokens":
+            return self.clm(starts, self.seq_len)  # the same plain gather, without the extra target
         if self.kind == "mlm":
             return self.mlm(starts, self.seq_len - 2)
         return self.mlm_nsp(starts, rng)
@@ -316,7 +322,7 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     MLM batches carry `word_starts` by default: callers evaluating a whole-word objective
     need not say so, and the lookup is cheap.
 
-    Windows start at 0 and do not shift. For mlm and clm a final shorter sequence holds the
+    Windows start at 0 and do not shift. For mlm, clm and tokens a final shorter sequence holds the
     tokens after the last full window, so every held-out token is scored even when the
     held-out set is smaller than one window.
     """
@@ -337,6 +343,8 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     left = len(stream) - covered
     if kind == "mlm" and left >= 1 and not tokenizer.special_table[stream.tokens[covered:]].all():
         yield builder.mlm(np.array([covered]), left)
+    elif kind == "tokens" and left >= 2:
+        yield builder.clm(np.array([covered]), left)
     elif kind == "clm" and left >= 1:
         # The token before the tail is its first input, so its first token is still a target.
         start = covered - 1 if covered else 0

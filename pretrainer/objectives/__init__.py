@@ -14,6 +14,7 @@ from pretrainer.objectives.mixture import Mixture
 from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
 from pretrainer.objectives.sop import MaskedLMWithSOP
+from pretrainer.objectives.word2vec import Word2Vec
 
 __all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
-           "ReplacedTokenDetection"]
+           "ReplacedTokenDetection", "Word2Vec"]

@@ -47,6 +47,15 @@ def seeded_evaluation_batches(model: nn.Module, batches: Iterable[dict]) -> Iter
         yield batch, generator
 
 
+def no_context(backbone: nn.Module) -> str | None:
+    """Why a model whose outputs never read their neighbours (a bag of embeddings) cannot learn
+    to predict a hidden token, or None."""
+    if getattr(backbone, "contextual", True):
+        return None
+    return ("a masked token's output reads only the token itself in this model (no context), so nothing "
+            "but piece frequencies could be learnt; a bag of embeddings trains with objective.name = \"word2vec\"")
+
+
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
@@ -87,7 +96,7 @@ class MaskedLM(PretrainingObjective):
     def check_backbone(self, backbone: nn.Module) -> str | None:
         if getattr(backbone, "causal", False):
             return "masked LM predicts a token from both sides; a causal decoder sees only its left (use clm)"
-        return None
+        return no_context(backbone)
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """The backbone with an MLM head (decoder tied to the word embeddings)."""
