@@ -87,10 +87,10 @@ def init_embeddings(backbone: nn.Module, run_dir: str, tokenizer: TextTokenizer)
     """Copy the word vectors of `run_dir` into `backbone`'s word embeddings (rescaled to its
     init_std; special tokens keep their init); returns a line for the log."""
     pieces_width = word_vector_shape(run_dir)
+    module, theirs = load_run(run_dir)
+    check_tokenizer(run_dir, theirs, tokenizer)  # first: another vocabulary is the cause of other sizes
     target = word_embeddings(backbone).weight  # (V, C); the tied output matrix too
     check_sizes(run_dir, pieces_width, tuple(target.shape))
-    module, theirs = load_run(run_dir)
-    check_tokenizer(run_dir, theirs, tokenizer)
     vectors = getattr(module, "backbone", module).word_vector_table.weight.detach()
     rows = torch.ones(len(vectors), dtype=torch.bool)
     rows[tokenizer.special_ids] = False
