@@ -214,10 +214,11 @@ class ObjectiveConfig:
                                                "in (0, 1]; rounded to whole attention heads",
                                            check=between(0, 1, low_open=True))
     # word2vec (objectives/word2vec.py): skip-gram with negative sampling on the tokenizer's pieces
-    engine: str = _field("auto", "word2vec: what trains the vectors: gensim (word2vec in C, SGD; needs the "
-                                 "`wordvec` extra) or fit (this library's loop: AdamW, resume-exact "
-                                 "checkpoints); auto = the objective's default (word2vec: the faster at equal "
-                                 "held-out loss, see benchmarks/README.md); every other objective trains with fit",
+    engine: str = _field("auto", "word2vec: what trains the vectors: gensim (word2vec's C code, SGD; resume "
+                                 "exact with impl.threads = 1) or fit (this library's loop: AdamW, resume-exact "
+                                 "checkpoints); auto = the objective's default (word2vec: gensim, the faster at "
+                                 "equal held-out loss, see benchmarks/README.md); every other objective trains "
+                                 "with fit",
                          ("auto", "fit", "gensim"))
     window: int = _field(5, "word2vec: context pieces on each side of a center piece (each center draws its "
                             "reach from 1..window, as word2vec does)", check=positive)

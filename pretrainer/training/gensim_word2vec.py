@@ -45,8 +45,8 @@ def import_gensim():
     try:
         from gensim.models import Word2Vec
     except ImportError:
-        raise PretrainerError("config key 'objective.engine' = \"gensim\" needs gensim: pip install "
-                              "'pretrainer[wordvec]' (or set objective.engine = \"fit\")") from None
+        raise PretrainerError("config key 'objective.engine' = \"gensim\" needs gensim, a dependency of pretrainer: "
+                              "pip install 'gensim>=4.3,<5' (or set objective.engine = \"fit\")") from None
     return Word2Vec
 
 
