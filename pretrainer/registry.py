@@ -70,6 +70,8 @@ DATA: Registry = Registry("data module", key="data.name", package="pretrainer.da
 # name -> which word pieces of an over-long text are kept (see data/long_documents.py)
 TRUNCATIONS: Registry = Registry("truncation strategy", key="finetune.truncation",
                                  package="pretrainer.data.long_documents")
+# name -> a function that trains a pre-training module (training/engines.py): "fit", "gensim"
+ENGINES: Registry = Registry("training engine", key="objective.engine", package="pretrainer.training.engines")
 # "load" -> interop.load_pretrained (spec -> model, tokenizer, description), "folder" -> interop.init_folder:
 # how a layer below interop (a distillation objective's teacher) reads a run dir, hf:PATH or pkg:NAME.
 PRETRAINED: Registry = Registry("pretrained-model reader", package="pretrainer.interop.hf_import")

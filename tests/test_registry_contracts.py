@@ -145,7 +145,9 @@ def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, con
     optimizer = torch.optim.AdamW(module.param_groups(0.0), lr=3e-3)
     torch.manual_seed(0)
     losses = []
-    for _ in range(40):
+    # 40 steps, or up to 120 for an objective that starts slowly (word2vec's dot products grow
+    # from zero at Adam's fixed step size): the loss must fall by a fifth within that.
+    while len(losses) < 40 or (len(losses) < 120 and sum(losses[-5:]) / 5 >= 0.8 * sum(losses[:5]) / 5):
         out = built(module, next(batches))
         assert torch.isfinite(out["loss"]) and isinstance(out["n_tokens"], int)
         optimizer.zero_grad()

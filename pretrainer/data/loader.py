@@ -11,7 +11,9 @@ written by W processes resumes in any other number without replaying or skipping
 Layouts (T = seq_len, all ids long, all masks bool):
 - "mlm":     [CLS] seq_len-2 packed tokens [SEP]; documents inside are split by [SEP].
 - "clm":     seq_len+1 packed tokens; windows overlap by one so every token is a target once.
-- "packed":  seq_len packed tokens, nothing added (span corruption cuts its inputs and targets from them).
+- "packed":  seq_len packed tokens as they are, documents split by the separator, nothing added
+             (span corruption cuts its inputs and targets from them; word vectors read the
+             separators as document borders).
 - "mlm_nsp": [CLS] A [SEP] B [SEP] pad...; B follows A in its document (label 0) or comes
              from another document (label 1), 50/50; A and B break at sentence starts.
 - "mlm_sop": the same pairs, always two consecutive spans of one document, given in order
@@ -327,7 +329,7 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     MLM batches carry `word_starts` by default: callers evaluating a whole-word objective
     need not say so, and the lookup is cheap.
 
-    Windows start at 0 and do not shift. For mlm and clm a final shorter sequence holds the
+    Windows start at 0 and do not shift. For mlm, clm and tokens a final shorter sequence holds the
     tokens after the last full window, so every held-out token is scored even when the
     held-out set is smaller than one window.
     """

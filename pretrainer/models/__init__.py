@@ -1,6 +1,6 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt", "t5") in `MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5", "boe") in `MODELS`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import torch.nn as nn
 from pretrainer.config import ModelConfig, from_dict, resolve_section
 from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
+from pretrainer.models.boe import BagOfEmbeddings, BoEConfig
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.models.t5 import T5Config, T5Model
 from pretrainer.registry import MODELS
 
-__all__ = ["BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "T5Config", "T5Model",
-           "TokenClassifier", "build_model",
+__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "T5Config",
+           "T5Model", "TokenClassifier", "build_model",
            "model_config_dict", "model_from_config_dict"]
 
 
@@ -33,6 +34,8 @@ def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
     vocab_size = data if isinstance(data, int) else data.vocab_size
     cls = MODELS.get(cfg.name)
     cfg = resolve_section(ModelConfig, cfg)
+    if cfg.init_embeddings:  # a starting point, applied by the caller (api): not part of the architecture
+        cfg = dataclasses.replace(cfg, init_embeddings="")
     if cfg.vocab_size == 0:
         cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
     elif cfg.vocab_size < vocab_size:
@@ -46,7 +49,9 @@ def model_config_dict(model: nn.Module) -> dict:
 
     A SequenceClassifier adds {"classifier": {"num_labels", "pooling"}} so it can be rebuilt too.
     """
-    spec = {"name": model.config.name, "config": dataclasses.asdict(model.config)}
+    config = dataclasses.asdict(model.config)
+    config.pop("init_embeddings", None)  # how a run started, not its architecture
+    spec = {"name": model.config.name, "config": config}
     if isinstance(model, SequenceClassifier):
         spec["classifier"] = {"num_labels": model.num_labels, "pooling": model.pooling,
                               "dropout": model.dropout.p, "chunk_pooling": model.chunk_pooling}

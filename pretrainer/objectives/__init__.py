@@ -16,6 +16,7 @@ from pretrainer.objectives.nsp import MaskedLMWithNSP
 from pretrainer.objectives.simcse import SimCSE
 from pretrainer.objectives.sop import MaskedLMWithSOP
 from pretrainer.objectives.span import SpanCorruption
+from pretrainer.objectives.word2vec import Word2Vec
 
 __all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
-           "ReplacedTokenDetection", "SimCSE", "SpanCorruption"]
+           "ReplacedTokenDetection", "SimCSE", "SpanCorruption", "Word2Vec"]

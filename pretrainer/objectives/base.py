@@ -27,10 +27,18 @@ from pretrainer.objectives.heads import PretrainingModel
 class PretrainingObjective:
     batch_layout: str = ""  # a layout the data module builds (data/loader.py LAYOUTS for text)
     extra_positions = 0  # positions a sequence needs beyond train.seq_len
+    # What may train it (objective.engine; registry.ENGINES): the first is what "auto" means.
+    engines: tuple[str, ...] = ("fit",)
 
     def __init__(self, cfg: ObjectiveConfig, data: DataInfo | None = None):
         self.cfg = cfg
         self.layout_options: dict[str, Any] = {}
+
+    @property
+    def engine(self) -> str:
+        """The training engine (registry.ENGINES) this run uses: objective.engine, "auto" = the first."""
+        engine = getattr(self.cfg, "engine", "auto")
+        return self.engines[0] if engine == "auto" else engine
 
     def check_data(self, data) -> None:
         """Stop with a one-line error when the data module cannot build this objective's batches."""

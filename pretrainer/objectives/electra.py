@@ -21,7 +21,7 @@ from pretrainer.data.collators import IGNORE_INDEX
 from pretrainer.models.heads import freeze_pooler
 from pretrainer.objectives.heads import MaskedLMGenerator, PretrainingModel, rtd_head_for
 from pretrainer.objectives.linear_ce import linear_cross_entropy
-from pretrainer.objectives.mlm import MaskedLM, perplexity, seeded_evaluation_batches
+from pretrainer.objectives.mlm import MaskedLM, no_context, perplexity, seeded_evaluation_batches
 from pretrainer.registry import OBJECTIVES
 
 
@@ -48,7 +48,7 @@ class ReplacedTokenDetection(MaskedLM):
                     "sees only its left (use clm)")
         if not hasattr(getattr(backbone, "embeddings", None), "word_embeddings"):
             return "ELECTRA's generator shares the backbone's embedding module, which this model has not"
-        return None
+        return no_context(backbone)
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """The backbone (the discriminator), the generator that shares its embeddings, the RTD head."""

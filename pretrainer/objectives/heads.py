@@ -141,6 +141,21 @@ class SentenceMLP(nn.Module):
         return torch.tanh(self.dense(cls))
 
 
+class ContextEmbeddings(nn.Module):
+    """word2vec's second table: each piece's vector as a context (and as a noise word), trained
+    with the backbone's table and never transferred. It starts at zero, as in word2vec.
+
+    `token_counts` (V,) int64 are the corpus' piece counts that the noise and subsampling
+    distributions come from: a buffer, so checkpoints and the saved run keep them and a resumed
+    run (or the gensim engine) reads the same distributions without the data."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        vocab_size, width = word_embeddings(backbone).weight.shape
+        self.weight = nn.Parameter(torch.zeros(vocab_size, width))
+        self.register_buffer("token_counts", torch.zeros(vocab_size, dtype=torch.int64))
+
+
 # Head name -> how it is built for a backbone (and, for a head with `head_config`, that config).
 # A run's model.json lists its heads by these names, so `pretraining_model` rebuilds the module
 # without knowing the objective.
@@ -153,6 +168,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "distill_pooled": WidthProjection,
     "distill_hidden": WidthProjection,
     "simcse_mlp": SentenceMLP,
+    "context_embeddings": ContextEmbeddings,
 }
 
 

@@ -50,6 +50,15 @@ def seeded_evaluation_batches(model: nn.Module, batches: Iterable[dict]) -> Iter
         yield batch, generator
 
 
+def no_context(backbone: nn.Module) -> str | None:
+    """Why a model whose outputs never read their neighbours (a bag of embeddings) cannot learn
+    to predict a hidden token, or None."""
+    if getattr(backbone, "contextual", True):
+        return None
+    return ("a masked token's output reads only the token itself in this model (no context), so nothing "
+            "but piece frequencies could be learnt; a bag of embeddings trains with objective.name = \"word2vec\"")
+
+
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
@@ -112,7 +121,7 @@ class MaskedLM(PretrainingObjective):
         if getattr(backbone, "is_encoder_decoder", False):
             return ("masked LM trains an encoder alone; an encoder–decoder pre-trains both stacks with "
                     "objective.name = \"span_corruption\"")
-        return None
+        return no_context(backbone)
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         """The backbone with an MLM head (decoder tied to the word embeddings)."""

@@ -68,6 +68,9 @@ class SimCSE(PretrainingObjective):
         if self.pooling == "cls_mlp" and getattr(backbone, "causal", False):
             return ("SimCSE with objective.pooling = \"cls_mlp\" reads the first token, which a causal decoder "
                     "computes from itself alone (use objective.pooling = \"mean\")")
+        if not getattr(backbone, "contextual", True):
+            return ("SimCSE's two views of a text differ only by the encoder's dropout; a bag of embeddings "
+                    "has none, so both views are the same vector (train it with objective.name = \"word2vec\")")
         if getattr(backbone, "is_encoder_decoder", False):
             # Its decoder would get no gradient: SimCSE continues an encoder-decoder's encoder only
             # after it has been taken out (a classifier freezes the decoder; pre-training cannot).
