@@ -329,7 +329,7 @@ def eval_batches(stream: TokenStream, batch_size: int, seq_len: int, kind: str, 
     MLM batches carry `word_starts` by default: callers evaluating a whole-word objective
     need not say so, and the lookup is cheap.
 
-    Windows start at 0 and do not shift. For mlm, clm and tokens a final shorter sequence holds the
+    Windows start at 0 and do not shift. For mlm, clm and packed a final shorter sequence holds the
     tokens after the last full window, so every held-out token is scored even when the
     held-out set is smaller than one window.
     """

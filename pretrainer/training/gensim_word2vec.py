@@ -105,6 +105,17 @@ class GensimTables:
         return int(trained)
 
 
+MAX_CHUNK_STEPS = 50  # the sentences of one chunk are held in memory (50 steps of 256 x 64: 800K pieces)
+
+
+def chunk_steps(train_cfg) -> int:
+    """Steps per gensim call: a divisor of every step that logs, evaluates or saves (so chunk
+    borders fall on them, resumed or not), at most MAX_CHUNK_STEPS."""
+    every = math.gcd(*[n for n in (train_cfg.log_every, train_cfg.eval_every, train_cfg.save_every) if n]
+                     or [MAX_CHUNK_STEPS])
+    return max(d for d in range(1, min(every, MAX_CHUNK_STEPS) + 1) if every % d == 0)
+
+
 def train_with_gensim(model: nn.Module, objective, train_batches, cfg: Config, run_dir, *,
                       eval_fn: Callable[[nn.Module], dict] | None = None, resume: bool = False,
                       log: Callable[[str], None] = print) -> FitResult:
@@ -141,8 +152,7 @@ def train_with_gensim(model: nn.Module, objective, train_batches, cfg: Config, r
     eval_history: list[dict] = []
     last_train: dict = {}
     last_eval_step = last_saved_step = step if resume else None
-    chunk_every = math.gcd(*[n for n in (train_cfg.log_every, train_cfg.eval_every, train_cfg.save_every) if n]
-                           or [train_cfg.max_steps])
+    chunk_every = chunk_steps(train_cfg)
 
     def evaluate() -> None:
         nonlocal last_eval_step
