@@ -38,7 +38,8 @@ class Classification(Task):
         long.check(max_len)  # before any file is read
 
         def encode(examples: LabeledExamples, names: list[str]):
-            if examples.pairs is not None and long == LongDocuments():
+            # max_chunks is left out: it means nothing without chunking.
+            if examples.pairs is not None and long.truncation == "head" and not long.chunked:
                 return encode_examples(examples, tokenizer, names, max_len)  # longest-first over the pair
             return encode_long_examples(examples, tokenizer, names, max_len, long)
 
