@@ -1,9 +1,9 @@
 """The objective table from whatever runs of `pretrainer compare configs/compare-imdb.toml` have
 finished (this session could not finish them all): one row per variant and label fraction,
 mean ± std over the seeds that exist, with each pre-training's steps and last held-out metrics.
-Writes runs.csv (one line per fine-tuning run) and table.md beside this script.
+Writes runs.csv (one line per fine-tuning run) and table.md into OUT (default: beside this script).
 
-    python docs/results/2026-12-03-compare-imdb/table.py [runs/compare-imdb]
+    python docs/results/2026-12-03-compare-imdb/table.py [runs/compare-imdb [OUT]]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pretrainer.compare import pretraining_record
 HERE = Path(__file__).parent
 
 
-def main(root: Path) -> None:
+def main(root: Path, out: Path = HERE) -> None:
     runs = []
     for path in sorted((root / "curve" / "runs").glob("*/results.json")):
         name, fraction, seed = path.parent.name.rsplit("-", 2)
@@ -27,7 +27,7 @@ def main(root: Path) -> None:
         runs.append({"variant": name, "fraction": float(fraction), "seed": int(seed.removeprefix("seed")),
                      "labels": result["n_labels"], "dev_accuracy": result["dev"]["accuracy"],
                      "train_seconds": round(result["train_seconds"])})
-    with open(HERE / "runs.csv", "w", newline="") as f:
+    with open(out / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(runs[0]))
         writer.writeheader()
         writer.writerows(runs)
@@ -45,9 +45,10 @@ def main(root: Path) -> None:
             cell = f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else f"{accs[0]:.1f}"
             lines.append(f"| {variant} | {record.get('steps', '')} | {record.get('tokens', '')} | {held} | "
                          f"{fraction:.0%} ({picked[0]['labels']:,}) | {cell} | {len(accs)} |")
-    (HERE / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/compare-imdb"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/compare-imdb"),
+         Path(sys.argv[2]) if len(sys.argv) > 2 else HERE)
