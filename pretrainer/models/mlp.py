@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from pretrainer.config import ModelConfig, _field, dropout_rate, invalid, non_negative, positive
-from pretrainer.models.layers import decay_groups, init_weights
+from pretrainer.models.layers import decay_groups
 from pretrainer.registry import MODELS
 
 # Elementwise activations of the dense layers (a dense autoencoder's classic ones included).
@@ -35,7 +35,8 @@ class MLPConfig(ModelConfig):
                                            "feature width (d_model)", check=positive)
     activation: str = _field("relu", "activation after each dense layer", tuple(DENSE_ACTIVATIONS))
     dropout: float = _field(0.0, "dropout after each dense layer's activation", check=dropout_rate)
-    init_std: float = _field(0.02, "std of the normal weight initialisation", check=positive)
+    init_std: float = _field(0.02, "std of the normal initialisation of the heads an objective builds around it "
+                                   "(the dense layers are scaled by their fan-in instead)", check=positive)
 
     def check(self) -> None:
         if not self.hidden:
@@ -66,7 +67,12 @@ class DenseNetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
         self.act = DENSE_ACTIVATIONS[config.activation]()
         self.dropout = nn.Dropout(config.dropout)
-        init_weights(self, config.init_std)
+        # He (ReLU, GELU) or Xavier (tanh, sigmoid) scale: a fixed std such as 0.02 would shrink
+        # the activations at every layer of a wide dense stack (fan-in 784 for MNIST).
+        gain = 2.0 if config.activation in ("relu", "gelu") else 1.0
+        for layer in self.layers:
+            nn.init.normal_(layer.weight, std=(gain / layer.in_features) ** 0.5)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, S, S) -> (B, 1, d_model): the last dense layer's activations."""

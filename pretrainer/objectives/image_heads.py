@@ -60,7 +60,9 @@ class ProjectionMLP(nn.Module):
         self.sizes = {"d_out": d_out}
         self.fc = nn.Linear(backbone.d_model, backbone.d_model)
         self.act = nn.ReLU()
-        self.proj = nn.Linear(backbone.d_model, d_out)
+        # No bias: a shift shared by every image only pulls all vectors towards one direction
+        # for the cosine loss; with small initial outputs, Adam's first steps on it collapsed them.
+        self.proj = nn.Linear(backbone.d_model, d_out, bias=False)
 
     def head_config(self) -> dict[str, int]:
         return dict(self.sizes)

@@ -1,9 +1,9 @@
 """A stand-in for the images data module in the image objectives' tests: it builds the batch
 layouts of the shared contract ("images": {"images"}, "views": {"images", "images2"}, float32
 (B, C, S, S) in [0, 1]) from a fixed set of synthetic pictures, so the objectives are tested
-without any files. Each picture is a bright bar (one of a few positions and orientations) on a
-dark, slightly noisy background, so pictures have structure an encoder can learn; a view is the
-picture shifted by up to one pixel with a little noise."""
+without any files. Each picture is a few bright squares on a dark, slightly noisy background,
+so pictures have structure an encoder can learn; a view is the picture shifted by up to one
+pixel with a little noise."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ LAYOUTS = ("images", "views")
 
 
 def pictures(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> torch.Tensor:
-    """(n, C, S, S) in [0, 1]: picture i has a horizontal or vertical bar at a position set by i."""
+    """(n, C, S, S) in [0, 1]: each picture three bright 3 x 3 squares at random places on a
+    dark, slightly noisy background (pictures differ, and have parts a model can learn)."""
     g = torch.Generator().manual_seed(seed)
     x = 0.1 * torch.rand(n, channels, size, size, generator=g)
+    corners = torch.randint(0, size - 3, (n, 3, 2), generator=g)
     for i in range(n):
-        at = 2 + (i // 2) % (size - 4)
-        if i % 2:
-            x[i, :, at:at + 2, 2:-2] = 0.9
-        else:
-            x[i, :, 2:-2, at:at + 2] = 0.9
+        for y, z in corners[i].tolist():
+            x[i, :, y:y + 3, z:z + 3] = 0.9
     return x
 
 
