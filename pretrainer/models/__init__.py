@@ -22,8 +22,8 @@ from pretrainer.models.vit import ViTConfig, VisionTransformer
 from pretrainer.registry import MODELS
 
 __all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetwork", "GPT", "GPTConfig", "MLPConfig",
-           "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig", "VisionTransformer", "build_model",
-           "model_config_dict", "model_from_config_dict"]
+           "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig", "VisionTransformer",
+           "build_model", "model_config_dict", "model_from_config_dict", "sized_for_images"]
 
 
 def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
