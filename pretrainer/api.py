@@ -79,7 +79,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
     else:
         # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
         with torch.device("meta"):  # the architecture without its memory
-            planned = build_model(cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size)
+            planned = build_model(cfg.model, _planned_data(cfg))
         check_objective_fits(cfg, planned)
         if cfg.model.init_embeddings:  # a word-vector run of this width (and tokenizer, when given)
             check_init_embeddings(cfg.model.init_embeddings, planned.d_model, cfg.tokenizer.path)
@@ -146,6 +146,16 @@ def _pretrain(cfg: Config, resume: bool, log, info):
 # What objectives are built with when only the config is known: a text vocabulary with a [MASK]
 # token. Whether the real tokenizer has one is checked once the data is prepared (check_data).
 _CONFIG_ONLY_DATA = DataInfo("text", vocab_size=2, mask_id=1)
+
+
+def _planned_data(cfg: Config) -> DataInfo | int:
+    """What the model is sized from before the data is read: the planned vocabulary, or for an
+    image model whose size is the data's (0) a stand-in of two patches a side (the real images
+    size it once prepared)."""
+    if hasattr(cfg.model, "image_size"):
+        side = 2 * getattr(cfg.model, "patch_size", 1)
+        return DataInfo("image", image_size=cfg.model.image_size or side, channels=cfg.model.channels or 1)
+    return cfg.model.vocab_size or cfg.tokenizer.vocab_size
 
 
 def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:

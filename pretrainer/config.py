@@ -191,7 +191,8 @@ class ModelConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = _field("mlm", "self-supervised objective from the objective registry", OBJECTIVES)
-    mask_rate: float = _field(0.15, "MLM: fraction of tokens chosen for prediction",
+    mask_rate: float = _field(0.15, "MLM: fraction of tokens chosen for prediction; mae: fraction of each "
+                                    "image's patches hidden from the encoder (the paper's 0.75)",
                               check=between(0, 1, low_open=True))
     mask_token_rate: float = _field(0.8, "MLM: of the chosen, fraction replaced by [MASK]", check=fraction)
     random_token_rate: float = _field(0.1, "MLM: of the chosen, fraction replaced by a random token",
@@ -274,7 +275,8 @@ class ObjectiveConfig:
                                     "relations (0 = the student's attention heads; must divide both widths)",
                                  check=non_negative)
     # simcse (objectives/simcse.py): two dropout views of a text are each other's positive
-    temperature: float = _field(0.05, "simcse: the softmax temperature of the cosine similarities (the paper's 0.05)",
+    temperature: float = _field(0.05, "simcse, simclr: the softmax temperature of the cosine similarities "
+                                      "(SimCSE's 0.05; SimCLR's paper uses 0.1 to 0.5)",
                                 check=positive)
     dropout: float = _field(-1.0, "simcse: dropout set in the backbone for this training, the only difference between "
                                   "a text's two views (-1 = keep the model's: model.dropout, or the run.init checkpoint's; "
@@ -283,6 +285,15 @@ class ObjectiveConfig:
     pooling: str = _field("cls_mlp", "simcse: the sentence vector: [CLS] through an MLP that is trained and then "
                                      "left behind (the paper's unsupervised recipe), or the mean over real tokens",
                           ("cls_mlp", "mean"))
+    # mae (objectives/mae.py): a ViT encoder sees a few patches, a light decoder paints the rest
+    decoder_layers: int = _field(2, "mae: Transformer blocks of the decoder (a head left behind at transfer)",
+                                 check=positive)
+    decoder_dim: int = _field(128, "mae: width of the decoder (heads of 32 dimensions)", check=positive)
+    norm_pix: bool = _field(False, "mae: predict each patch's pixels normalised by the patch's own mean and "
+                                   "std (the paper's better variant) instead of the raw pixels")
+    # simclr (objectives/simclr.py): two augmented views of an image are each other's positive
+    projection_dim: int = _field(128, "simclr: output width of the projection MLP (a head left behind at "
+                                      "transfer); the loss compares these vectors", check=positive)
 
     def check(self) -> None:
         if self.mask_token_rate + self.random_token_rate > 1:

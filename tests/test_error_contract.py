@@ -133,6 +133,12 @@ BAD_CONFIGS = [
     ("engine-for-mlm", "good.toml", None, ("--objective.engine=gensim",), ("objective.engine",)),
     ("word2vec-window", "good.toml", None, ("--objective.name=word2vec", "--objective.window=0"),
      ("objective.window",)),
+    ("mae-decoder-width", "good.toml", None, ("--objective.name=mae", "--objective.decoder_dim=0"),
+     ("objective.decoder_dim",)),
+    ("simclr-projection-width", "good.toml", None, ("--objective.name=simclr", "--objective.projection_dim=0"),
+     ("objective.projection_dim",)),
+    ("vit-patch-divides-image", "vit.toml", '[model]\nname = "vit"\nimage_size = 28\npatch_size = 5\n', (),
+     ("vit.toml", "model.patch_size")),
 ]
 
 
@@ -150,6 +156,8 @@ BAD_PRETRAINING = [
                                                "--objective.lexicon={world}/lexicon-gap.txt"),
      ("lexicon-gap.txt:2",)),
     ("word2vec-on-encoder", "good.toml", None, ("--objective.name=word2vec",), ("objective.name", "boe")),
+    ("mae-on-encoder", "good.toml", None, ("--objective.name=mae",), ("objective.name",)),
+    ("simclr-on-encoder", "good.toml", None, ("--objective.name=simclr",), ("objective.name",)),
     ("init-embeddings-absent", "good.toml", None, ("--model.init_embeddings={world}/absent",),
      ("model.init_embeddings", "absent")),
     ("init-embeddings-not-word-vectors", "good.toml", None, ("--model.init_embeddings={world}/run",),
@@ -162,7 +170,8 @@ def _config_cases() -> list[Case]:
     for commands, bad in ((CONFIG_COMMANDS, BAD_CONFIGS), (PRETRAINING_COMMANDS, BAD_PRETRAINING)):
         for command, (bad_id, name, _text, overrides, names) in itertools.product(commands, bad):
             if command == ("distill",) and bad_id in ("causal-lm-on-encoder", "lexicon-absent", "lexicon-empty-line",
-                                                      "word2vec-on-encoder", "init-embeddings-absent",
+                                                      "word2vec-on-encoder", "mae-on-encoder", "simclr-on-encoder",
+                                                      "init-embeddings-absent",
                                                       "init-embeddings-not-word-vectors"):
                 continue  # distill names its own objective (and asks for a teacher first)
             if command == ("pretrain", "--resume") and bad_id == "lexicon-empty-line":

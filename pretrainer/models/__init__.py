@@ -1,6 +1,6 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt", "t5", "boe") in `MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "vit", "mlp") in `MODELS`.
 """
 
 from __future__ import annotations
@@ -9,19 +9,21 @@ import dataclasses
 
 import torch.nn as nn
 
-from pretrainer.config import ModelConfig, from_dict, resolve_section
+from pretrainer.config import ConfigInvalid, ModelConfig, from_dict, resolve_section
 from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.models.boe import BagOfEmbeddings, BoEConfig
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+from pretrainer.models.mlp import DenseNetwork, MLPConfig
 from pretrainer.models.t5 import T5Config, T5Model
+from pretrainer.models.vit import ViTConfig, VisionTransformer
 from pretrainer.registry import MODELS
 
-__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "T5Config",
-           "T5Model", "TokenClassifier", "build_model",
-           "model_config_dict", "model_from_config_dict"]
+__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetwork", "GPT", "GPTConfig", "MLPConfig",
+           "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig", "VisionTransformer",
+           "build_model", "model_config_dict", "model_from_config_dict", "sized_for_images"]
 
 
 def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
@@ -31,9 +33,11 @@ def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
     `cfg` is not modified: the model's own `config` holds the resolved vocabulary size.
     A bare `ModelConfig` (only a name) gets that architecture's defaults.
     """
-    vocab_size = data if isinstance(data, int) else data.vocab_size
     cls = MODELS.get(cfg.name)
     cfg = resolve_section(ModelConfig, cfg)
+    if hasattr(cfg, "image_size"):  # an image model: image_size / channels of 0 take the data's
+        return cls(sized_for_images(cfg, data))
+    vocab_size = data if isinstance(data, int) else data.vocab_size
     if cfg.init_embeddings:  # a starting point, applied by the caller (api): not part of the architecture
         cfg = dataclasses.replace(cfg, init_embeddings="")
     if cfg.vocab_size == 0:
@@ -42,6 +46,26 @@ def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
         raise PretrainerError(f"config key 'model.vocab_size' = {cfg.vocab_size} is smaller than the "
                               f"tokenizer's vocabulary ({vocab_size}); set it to 0 to use the tokenizer's")
     return cls(cfg)
+
+
+def sized_for_images(cfg: ModelConfig, data: DataInfo | int) -> ModelConfig:
+    """`cfg` with image_size and channels of 0 taken from the data's images (a one-line error
+    when the data has none, or when the size then breaks a rule of the architecture)."""
+    size = cfg.image_size or getattr(data, "image_size", 0)
+    channels = cfg.channels or getattr(data, "channels", 0)
+    if not size or not channels:
+        raise PretrainerError(f"model {cfg.name!r} reads images, but the data is not images; use an image data "
+                              f"module (data.name = \"images\") or set model.image_size and model.channels")
+    for key, value in (("image_size", size), ("channels", channels)):
+        if getattr(data, key, 0) not in (0, value):
+            raise PretrainerError(f"config key 'model.{key}' = {value} but the data's images have {key} = "
+                                  f"{getattr(data, key)}; set it to 0 to use the data's")
+    cfg = dataclasses.replace(cfg, image_size=size, channels=channels)
+    try:
+        cfg.check()
+    except ConfigInvalid as e:
+        raise PretrainerError(f"config key 'model.{e.key}' {e.problem}") from None
+    return cfg
 
 
 def model_config_dict(model: nn.Module) -> dict:

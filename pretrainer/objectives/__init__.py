@@ -10,13 +10,16 @@ from pretrainer.objectives.classification import ClassificationObjective
 from pretrainer.objectives.clm import CausalLM
 from pretrainer.objectives.distill import Distillation
 from pretrainer.objectives.electra import ReplacedTokenDetection
+from pretrainer.objectives.mae import MaskedAutoencoder
 from pretrainer.objectives.mixture import Mixture
 from pretrainer.objectives.mlm import MaskedLM
 from pretrainer.objectives.nsp import MaskedLMWithNSP
+from pretrainer.objectives.simclr import SimCLR
 from pretrainer.objectives.simcse import SimCSE
 from pretrainer.objectives.sop import MaskedLMWithSOP
 from pretrainer.objectives.span import SpanCorruption
 from pretrainer.objectives.word2vec import Word2Vec
 
-__all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
-           "ReplacedTokenDetection", "SimCSE", "SpanCorruption", "Word2Vec"]
+__all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedAutoencoder", "MaskedLM", "Mixture",
+           "MaskedLMWithNSP", "MaskedLMWithSOP", "ReplacedTokenDetection", "SimCLR", "SimCSE", "SpanCorruption",
+           "Word2Vec"]

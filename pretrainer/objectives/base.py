@@ -26,6 +26,7 @@ from pretrainer.objectives.heads import PretrainingModel
 
 class PretrainingObjective:
     batch_layout: str = ""  # a layout the data module builds (data/loader.py LAYOUTS for text)
+    modality = "text"  # what its batches hold ("text" or "image"): which data modules and models fit it
     extra_positions = 0  # positions a sequence needs beyond train.seq_len
     # What may train it (objective.engine; registry.ENGINES): the first is what "auto" means.
     engines: tuple[str, ...] = ("fit",)

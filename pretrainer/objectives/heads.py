@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights, padding_mask
+from pretrainer.objectives.image_heads import MAEDecoder, ProjectionMLP
 
 
 def word_embeddings(backbone: nn.Module) -> nn.Embedding:
@@ -169,6 +170,8 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "distill_hidden": WidthProjection,
     "simcse_mlp": SentenceMLP,
     "context_embeddings": ContextEmbeddings,
+    "mae_decoder": MAEDecoder,
+    "simclr_projection": ProjectionMLP,
 }
 
 

@@ -40,12 +40,16 @@ EVAL_SEED = 4321  # held-out dropout masks are the same at every evaluation
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor,
-             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+             temperature: float, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """queries (n, C), keys (N, C), positives (n,): index of each query's key among `keys`.
+    exclude (n,): a key each query leaves out of its softmax (itself, when the queries are
+    among the keys: SimCLR's NT-Xent).
     -> (mean loss over the queries, hits (n,) bool: the query's most similar key is its own)."""
     q = F.normalize(queries.float(), dim=-1)
     k = F.normalize(keys.float(), dim=-1)
     logits = q @ k.T / temperature  # (n, N) cosine similarities / temperature
+    if exclude is not None:
+        logits = logits.scatter(1, exclude.unsqueeze(1), float("-inf"))
     loss = F.cross_entropy(logits, positives)
     return loss, logits.argmax(dim=-1) == positives
 

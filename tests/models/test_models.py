@@ -1,6 +1,6 @@
-"""The transfer surface every registered Transformer backbone offers, checked the same way for each
-(the bag of embeddings, which has no blocks or positions, has tests/models/test_boe.py; the
-registry contracts cover every model)."""
+"""The transfer surface every registered text Transformer backbone offers, checked the same way for
+each (the bag of embeddings, which has no blocks or positions, has tests/models/test_boe.py; the
+image models have tests/models/test_image_models.py; the registry contracts cover every model)."""
 
 import dataclasses
 import json
@@ -17,7 +17,8 @@ from pretrainer.objectives.heads import PretrainingModel, mlm_head_for
 from pretrainer.registry import MODELS
 
 
-NAMES = [name for name in MODELS.names() if "n_heads" in MODELS.get(name).config_class.__dataclass_fields__]
+NAMES = [name for name in MODELS.names() if "n_heads" in MODELS.get(name).config_class.__dataclass_fields__
+         and getattr(MODELS.get(name), "modality", "text") == "text"]  # the ViT reads images: test_image_models.py
 VOCAB = 61  # as in conftest.py: not max_len, so the word embedding is the only (V, C) matrix
 B, T = 3, 10
 
