@@ -748,9 +748,10 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
             raise PretrainerError(f"{source}: unknown config key {prefix + key!r}{hint}")
         default_factory = fields[key].default_factory
         if isinstance(value, dict) and default_factory is not dataclasses.MISSING \
-                and dataclasses.is_dataclass(hints[key]):
+                and dataclasses.is_dataclass(hints[key]) and hints[key] not in (ModelConfig, DataConfig):
             # A partial section keeps its own defaults: [finetune.train] starts from the
-            # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's.
+            # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's. A [model] or
+            # [data] section takes its component's own defaults (its `name` picks the class).
             value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)
