@@ -283,8 +283,20 @@ class ObjectiveConfig:
     pooling: str = _field("cls_mlp", "simcse: the sentence vector: [CLS] through an MLP that is trained and then "
                                      "left behind (the paper's unsupervised recipe), or the mean over real tokens",
                           ("cls_mlp", "mean"))
+    # autoencoder (objectives/autoencoder.py): an image backbone's pooled code decoded back to pixels
+    loss: str = _field("mse", "autoencoder: reconstruction loss on the pixels: mean squared error, or binary "
+                              "cross-entropy (pixels in [0, 1] read as probabilities)", ("mse", "bce"))
+    noise: float = _field(0.0, "autoencoder: denoising: corrupt the input only (the target stays clean) by Gaussian "
+                               "noise of this std (noise_type = gaussian) or by zeroing this fraction of the pixels "
+                               "(noise_type = mask); 0 = a plain autoencoder", check=non_negative)
+    noise_type: str = _field("gaussian", "autoencoder: what `noise` means", ("gaussian", "mask"))
+    decoder_hidden: int = _field(512, "autoencoder: width of the MLP decoder's hidden layer (pooled code -> hidden "
+                                      "-> pixels); the decoder is left behind at transfer", check=positive)
 
     def check(self) -> None:
+        if self.noise_type == "mask" and self.noise >= 1:
+            invalid("noise", f"= {self.noise} with noise_type = \"mask\" would zero every pixel; give a fraction "
+                             f"below 1")
         if self.mask_token_rate + self.random_token_rate > 1:
             invalid("random_token_rate", f"= {self.random_token_rate} plus mask_token_rate = "
                                          f"{self.mask_token_rate} is more than 1 (of the chosen tokens)")
