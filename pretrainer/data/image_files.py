@@ -36,11 +36,10 @@ LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as P
 
 @dataclass
 class ImageSet:
-    """Images of one source: `images` uint8 (N, C, H, W) (one size), or a list of (C, H, W) arrays
-    when sizes differ and the caller resizes later; labels (label names as strings) when read
-    labeled; `names[i]` says where image i came from (a file, or `file.npz[key][i]`)."""
+    """Images of one source: `images` uint8 (N, C, H, W); labels (label names as strings) when read
+    labeled; `names[i]` says where image i came from (a file; None for an npz array)."""
 
-    images: np.ndarray | list[np.ndarray]
+    images: np.ndarray
     labels: list[str] | None
     source: str
     names: list[str] | None = None
@@ -150,8 +149,9 @@ def _image_files(folder: Path) -> tuple[list[Path], int]:
     return files, skipped
 
 
-def _read_folder(folder: Path, labeled: bool, channels: int, size: int) -> ImageSet:
-    """A flat folder, or one sub-folder per class; labeled reading needs the class folders."""
+def folder_files(folder: Path, labeled: bool) -> tuple[list[Path], list[str], int]:
+    """(image files, their class folder names, other files passed over) of a flat folder or one
+    with a sub-folder per class; labeled reading needs the class folders."""
     top, skipped = _image_files(folder)
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if labeled and not classes:
@@ -166,6 +166,11 @@ def _read_folder(folder: Path, labeled: bool, channels: int, size: int) -> Image
             raise PretrainerError(f"{class_dir}: empty class folder (no image files)")
         files += inside
         labels += [class_dir.name] * len(inside)
+    return files, labels, skipped
+
+
+def _read_folder(folder: Path, labeled: bool, channels: int, size: int) -> ImageSet:
+    files, labels, skipped = folder_files(folder, labeled)
     arrays = [_decode(path, channels) for path in files]
     if not channels:
         first = arrays[0].shape[0] if arrays else 0

@@ -57,7 +57,7 @@ class ImageProcessor:
     @staticmethod
     def to_float(images: np.ndarray) -> torch.Tensor:
         """uint8 (B, C, S, S) -> float32 in [0, 1]."""
-        return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+        return torch.from_numpy(np.array(images, dtype=np.float32)).div_(255)  # a copy: memmaps are read-only
 
 
 def has_processor(folder: str | os.PathLike) -> bool:
