@@ -78,6 +78,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
     else:
         # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
+        check_modality(cfg, MODELS.get(cfg.model.name), f"model.name = {cfg.model.name!r}")
         planned = planned_backbone(cfg)
         if planned is not None:
             check_objective_fits(cfg, planned)
@@ -162,6 +163,16 @@ def planned_backbone(cfg: Config):
         return build_model(cfg.model, planned_data)
 
 
+def check_modality(cfg: Config, model, model_name: str) -> None:
+    """A one-line error naming data.name when the data module gives another kind of data (text,
+    images) than `model` (a module or a model class) reads."""
+    reads, gives = model_modality(model), getattr(DATA.get(cfg.data.name), "modality", "text")
+    if reads != gives:
+        fitting = [n for n in DATA.names() if getattr(DATA.get(n), "modality", "text") == reads]
+        raise PretrainerError(f"config key 'data.name' = {cfg.data.name!r} gives {gives} data, but {model_name} reads "
+                              f"{reads}s; set data.name = {' or '.join(repr(n) for n in fitting) or 'one that does'}")
+
+
 # What objectives are built with when only the config is known: a text vocabulary with a [MASK]
 # token. Whether the real tokenizer has one is checked once the data is prepared (check_data).
 _CONFIG_ONLY_DATA = DataInfo("text", vocab_size=2, mask_id=1)
@@ -178,12 +189,8 @@ def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:
     if refused:
         raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train "
                               f"{model_name}: {refused}")
+    check_modality(cfg, backbone, model_name)
     data_module = DATA.get(cfg.data.name)
-    reads, gives = model_modality(backbone), getattr(data_module, "modality", "text")
-    if reads != gives:
-        fitting = [n for n in DATA.names() if getattr(DATA.get(n), "modality", "text") == reads]
-        raise PretrainerError(f"config key 'data.name' = {cfg.data.name!r} gives {gives} data, but {model_name} reads "
-                              f"{reads}s; set data.name = {' or '.join(repr(n) for n in fitting) or 'one that does'}")
     for layout in objective.layouts():
         if layout not in data_module.layouts:
             raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} needs {layout!r} batches, "
