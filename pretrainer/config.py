@@ -971,6 +971,6 @@ def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> lis
             out.extend(help_text(type(value), prefix + f.name + ".", value))
             continue
         choices, rule = f.metadata.get("choices"), f.metadata.get("check")
-        extra = f" [{'|'.join(choices)}]" if choices else f" [{rule.expects}]" if rule else ""
+        extra = f" [{'|'.join(map(str, choices))}]" if choices else f" [{rule.expects}]" if rule else ""
         out.append(f"--{prefix}{f.name}={_toml_value(value)}  {f.metadata.get('help', '')}{extra}")
     return out
