@@ -18,7 +18,7 @@ from pretrainer.interop.hf_import import load_pretrained
 from pretrainer.registry import MODELS, TRANSFER_METHODS
 
 
-def load_backbone(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
+def load_backbone(cfg: Config) -> tuple[nn.Module, TextTokenizer | ImageProcessor, str]:
     """The backbone and tokenizer to fine-tune, and a short description of where they came from;
     `finetune.dropout` (when >= 0) replaces the backbone's own dropout rates."""
     backbone, tokenizer, source = _load(cfg)
@@ -27,7 +27,7 @@ def load_backbone(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
     return backbone, tokenizer, source
 
 
-def _load(cfg: Config) -> tuple[nn.Module, TextTokenizer, str]:
+def _load(cfg: Config) -> tuple[nn.Module, TextTokenizer | ImageProcessor, str]:
     ft = cfg.finetune
     if ft.init:
         loaded, tokenizer, _ = load_pretrained(ft.init)
