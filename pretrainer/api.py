@@ -19,9 +19,9 @@ from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.interop.hf_import import init_folder, load_pretrained
 from pretrainer.interop.word_vectors import check_init_embeddings, init_embeddings
-from pretrainer.models import build_model
+from pretrainer.models import build_model, model_modality
 from pretrainer.objectives.heads import adopt_heads
-from pretrainer.registry import DATA, ENGINES, OBJECTIVES
+from pretrainer.registry import DATA, ENGINES, MODELS, OBJECTIVES
 from pretrainer.runs import check_resume, load_run, run_label_names, write_run_header  # noqa: F401  (load_run, run_label_names: Python API)
 from pretrainer.training.distributed import barrier, init_distributed, shutdown_distributed
 from pretrainer.training.precision import set_determinism, set_threads
@@ -78,9 +78,12 @@ def _pretrain(cfg: Config, resume: bool, log, info):
         log(f"continuing pre-training from {source} ([model] is ignored: the architecture is the checkpoint's)")
     else:
         # Known from the config alone: refuse before the corpus is read and a tokenizer trained.
-        with torch.device("meta"):  # the architecture without its memory
-            planned = build_model(cfg.model, _planned_data(cfg))
+        check_modality(cfg, MODELS.get(cfg.model.name), f"model.name = {cfg.model.name!r}")
+        planned = planned_backbone(cfg)
         check_objective_fits(cfg, planned)
+        if cfg.model.init_embeddings and model_modality(MODELS.get(cfg.model.name)) != "text":
+            raise PretrainerError(f"config key 'model.init_embeddings' starts a word-embedding table; model.name = "
+                                  f"{cfg.model.name!r} reads images")
         if cfg.model.init_embeddings:  # a word-vector run of this width (and tokenizer, when given)
             check_init_embeddings(cfg.model.init_embeddings, planned.d_model, cfg.tokenizer.path)
     cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
@@ -105,6 +108,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
             check_objective_fits(cfg, backbone, "the student taken from the teacher")
     if backbone is None:
         backbone = build_model(cfg.model, data.info)
+        check_objective_fits(cfg, backbone)  # again, now sized from the data (an image model's input size)
         if cfg.model.init_embeddings and not resume:  # on resume the checkpoint has the weights
             log(init_embeddings(backbone, cfg.model.init_embeddings, data.tokenizer))
     model = objective.build(backbone)  # the backbone with the heads this objective trains
@@ -143,19 +147,34 @@ def _pretrain(cfg: Config, resume: bool, log, info):
                  resume=resume, log=log)
 
 
+def planned_backbone(cfg: Config):
+    """[model] built on the meta device (the architecture without its memory) from what the config
+    alone says of the data: the vocabulary size for a text model; for an image model
+    data.image_size / data.channels, or where the images will say, a stand-in of two patches a side
+    (the real images size the model once prepared)."""
+    if model_modality(MODELS.get(cfg.model.name)) == "image":
+        side = 2 * getattr(cfg.model, "patch_size", 1)
+        planned_data = DataInfo("image", image_size=cfg.model.image_size or getattr(cfg.data, "image_size", 0) or side,
+                                channels=cfg.model.channels or getattr(cfg.data, "channels", 0) or 1)
+    else:
+        planned_data = cfg.model.vocab_size or cfg.tokenizer.vocab_size
+    with torch.device("meta"):
+        return build_model(cfg.model, planned_data)
+
+
+def check_modality(cfg: Config, model, model_name: str) -> None:
+    """A one-line error naming data.name when the data module gives another kind of data (text,
+    images) than `model` (a module or a model class) reads."""
+    reads, gives = model_modality(model), getattr(DATA.get(cfg.data.name), "modality", "text")
+    if reads != gives:
+        fitting = [n for n in DATA.names() if getattr(DATA.get(n), "modality", "text") == reads]
+        raise PretrainerError(f"config key 'data.name' = {cfg.data.name!r} gives {gives} data, but {model_name} reads "
+                              f"{reads}s; set data.name = {' or '.join(repr(n) for n in fitting) or 'one that does'}")
+
+
 # What objectives are built with when only the config is known: a text vocabulary with a [MASK]
 # token. Whether the real tokenizer has one is checked once the data is prepared (check_data).
 _CONFIG_ONLY_DATA = DataInfo("text", vocab_size=2, mask_id=1)
-
-
-def _planned_data(cfg: Config) -> DataInfo | int:
-    """What the model is sized from before the data is read: the planned vocabulary, or for an
-    image model whose size is the data's (0) a stand-in of two patches a side (the real images
-    size it once prepared)."""
-    if hasattr(cfg.model, "image_size"):
-        side = 2 * getattr(cfg.model, "patch_size", 1)
-        return DataInfo("image", image_size=cfg.model.image_size or side, channels=cfg.model.channels or 1)
-    return cfg.model.vocab_size or cfg.tokenizer.vocab_size
 
 
 def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:
@@ -169,6 +188,13 @@ def check_objective_fits(cfg: Config, backbone, model_name: str = "") -> None:
     if refused:
         raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} cannot train "
                               f"{model_name}: {refused}")
+    check_modality(cfg, backbone, model_name)
+    data_module = DATA.get(cfg.data.name)
+    for layout in objective.layouts():
+        if layout not in data_module.layouts:
+            raise PretrainerError(f"config key 'objective.name' = {cfg.objective.name!r} needs {layout!r} batches, "
+                                  f"which data.name = {cfg.data.name!r} cannot build (it builds: "
+                                  f"{', '.join(data_module.layouts)})")
     max_len = getattr(backbone.config, "max_len", None)
     extra = objective.extra_positions
     if max_len is not None and cfg.train.seq_len + extra > max_len:

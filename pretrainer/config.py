@@ -294,8 +294,20 @@ class ObjectiveConfig:
     # simclr (objectives/simclr.py): two augmented views of an image are each other's positive
     projection_dim: int = _field(128, "simclr: output width of the projection MLP (a head left behind at "
                                       "transfer); the loss compares these vectors", check=positive)
+    # autoencoder (objectives/autoencoder.py): an image backbone's pooled code decoded back to pixels
+    loss: str = _field("mse", "autoencoder: reconstruction loss on the pixels: mean squared error, or binary "
+                              "cross-entropy (pixels in [0, 1] read as probabilities)", ("mse", "bce"))
+    noise: float = _field(0.0, "autoencoder: denoising: corrupt the input only (the target stays clean) by Gaussian "
+                               "noise of this std (noise_type = gaussian) or by zeroing this fraction of the pixels "
+                               "(noise_type = mask); 0 = a plain autoencoder", check=non_negative)
+    noise_type: str = _field("gaussian", "autoencoder: what `noise` means", ("gaussian", "mask"))
+    decoder_hidden: int = _field(512, "autoencoder: width of the MLP decoder's hidden layer (pooled code -> hidden "
+                                      "-> pixels); the decoder is left behind at transfer", check=positive)
 
     def check(self) -> None:
+        if self.noise_type == "mask" and self.noise >= 1:
+            invalid("noise", f"= {self.noise} with noise_type = \"mask\" would zero every pixel; give a fraction "
+                             f"below 1")
         if self.mask_token_rate + self.random_token_rate > 1:
             invalid("random_token_rate", f"= {self.random_token_rate} plus mask_token_rate = "
                                          f"{self.mask_token_rate} is more than 1 (of the chosen tokens)")
@@ -759,9 +771,10 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
             raise PretrainerError(f"{source}: unknown config key {prefix + key!r}{hint}")
         default_factory = fields[key].default_factory
         if isinstance(value, dict) and default_factory is not dataclasses.MISSING \
-                and dataclasses.is_dataclass(hints[key]):
+                and dataclasses.is_dataclass(hints[key]) and hints[key] not in (ModelConfig, DataConfig):
             # A partial section keeps its own defaults: [finetune.train] starts from the
-            # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's.
+            # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's. A [model] or
+            # [data] section takes its component's own defaults (its `name` picks the class).
             value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)
@@ -969,6 +982,6 @@ def help_text(cls: type = Config, prefix: str = "", defaults: Any = None) -> lis
             out.extend(help_text(type(value), prefix + f.name + ".", value))
             continue
         choices, rule = f.metadata.get("choices"), f.metadata.get("check")
-        extra = f" [{'|'.join(choices)}]" if choices else f" [{rule.expects}]" if rule else ""
+        extra = f" [{'|'.join(map(str, choices))}]" if choices else f" [{rule.expects}]" if rule else ""
         out.append(f"--{prefix}{f.name}={_toml_value(value)}  {f.metadata.get('help', '')}{extra}")
     return out

@@ -2,7 +2,8 @@
 
   config.toml        the resolved config (defaults filled in)
   model.json         {"name", "config", ...}: the architecture, enough to rebuild the module
-  tokenizer.json     the tokenizer the model's ids refer to
+  tokenizer.json     the tokenizer the model's ids refer to (an image run: image_processor.json,
+                     the image size and channels it reads)
   model.safetensors  final weights (checkpoints/ holds the resumable states)
   results.json / imported_from.json   what a fine-tuning run or an import recorded
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from pretrainer.config import Config, read_config_file, resume_changes, save_config
-from pretrainer.data.tokenizer import load_tokenizer
+from pretrainer.data.image_processor import load_processor
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_text, load_model_state, read_json, read_model_state
 from pretrainer.models import model_config_dict, model_from_config_dict
@@ -102,7 +103,8 @@ def upgrade_saved_run(spec: dict, state: dict[str, torch.Tensor]) -> tuple[dict,
 
 def load_run(run_dir: str | Path):
     """(module, tokenizer) from a run directory: the shape from model.json, weights from
-    model.safetensors. A pre-training run gives its `PretrainingModel` (backbone + heads)."""
+    model.safetensors. A pre-training run gives its `PretrainingModel` (backbone + heads). An
+    image run gives its ImageProcessor where a text run gives its tokenizer."""
     run_dir = Path(run_dir)
     spec_path = run_dir / "model.json"
     if not spec_path.is_file():
@@ -119,7 +121,7 @@ def load_run(run_dir: str | Path):
     spec, state = upgrade_saved_run(read_json(spec_path), read_model_state(weights))
     model = module_from_spec(spec)
     load_model_state(model, state, weights, strict=True)
-    return model, load_tokenizer(run_dir)
+    return model, load_processor(run_dir)
 
 
 def run_label_names(run_dir: str | Path) -> list[str] | None:

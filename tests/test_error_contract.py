@@ -40,6 +40,47 @@ def _write_world(root: Path) -> None:
     (root / "lexicon-gap.txt").write_text("good film\n\nbad story\n")
     (root / "nocorpus.toml").write_text("[train]\nlr = 0.001\n")
     (root / "t5.toml").write_text(_config(root, "t5", "t5", objective="span_corruption"))
+    _write_images(root)
+
+
+def _write_images(root: Path) -> None:
+    """An images config on a small npz, and image folders each wrong in one way."""
+    import numpy as np
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8), dtype=np.uint8)
+    np.savez(root / "images.npz", images=images, labels=np.arange(20) % 2)
+    (root / "images.toml").write_text(f"""
+[run]
+dir = "{root / 'imagerun'}"
+[data]
+name = "images"
+train = ["{root / 'images.npz'}"]
+cache_dir = "{root / 'cache'}"
+[model]
+name = "resnet"
+widths = [8]
+blocks = [1]
+groups = 4
+[objective]
+name = "autoencoder"
+[train]
+batch_size = 4
+max_steps = 2
+[impl]
+progress = false
+""")
+    gray, rgb = Image.fromarray(images[0]), Image.fromarray(np.repeat(images[1][..., None], 3, axis=2))
+    for folder, files in {"img-corrupt": {"a.png": gray, "broken.png": b"\x89PNG not an image"},
+                          "img-mixed": {"a.png": gray, "b.png": rgb},
+                          "img-sizes": {"a.png": gray, "b.png": gray.resize((10, 10))},
+                          "img-emptyclass/zero": {"a.png": gray}, "img-emptyclass/one": {}}.items():
+        (root / folder).mkdir(parents=True)
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (root / folder / name).write_bytes(content)
+            else:
+                content.save(root / folder / name)
 
 
 def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
@@ -139,6 +180,9 @@ BAD_CONFIGS = [
      ("objective.projection_dim",)),
     ("vit-patch-divides-image", "vit.toml", '[model]\nname = "vit"\nimage_size = 28\npatch_size = 5\n', (),
      ("vit.toml", "model.patch_size")),
+    ("crop-scale-reversed", "images.toml", None, ("--data.crop_scale=[0.9, 0.5]",), ("data.crop_scale",)),
+    ("mask-noise-everything", "images.toml", None, ("--objective.noise_type=mask", "--objective.noise=1.0"),
+     ("objective.noise",)),
 ]
 
 
@@ -162,6 +206,8 @@ BAD_PRETRAINING = [
      ("model.init_embeddings", "absent")),
     ("init-embeddings-not-word-vectors", "good.toml", None, ("--model.init_embeddings={world}/run",),
      ("model.init_embeddings", "word-vector")),
+    ("image-model-on-text", "images.toml", None, ("--data.name=text",), ("data.name", "resnet")),
+    ("autoencoder-on-encoder", "good.toml", None, ("--objective.name=autoencoder",), ("objective.name", "bert")),
 ]
 
 
@@ -172,7 +218,8 @@ def _config_cases() -> list[Case]:
             if command == ("distill",) and bad_id in ("causal-lm-on-encoder", "lexicon-absent", "lexicon-empty-line",
                                                       "word2vec-on-encoder", "mae-on-encoder", "simclr-on-encoder",
                                                       "init-embeddings-absent",
-                                                      "init-embeddings-not-word-vectors"):
+                                                      "init-embeddings-not-word-vectors", "image-model-on-text",
+                                                      "autoencoder-on-encoder"):
                 continue  # distill names its own objective (and asks for a teacher first)
             if command == ("pretrain", "--resume") and bad_id == "lexicon-empty-line":
                 continue  # the file is read once the data is: --resume refuses the changed objective first
@@ -243,7 +290,25 @@ RUN_CASES = [
                                        "{world}/lexicon.txt"), ("corpus.txt:1",)),
 ]
 
-CASES = _config_cases() + RUN_CASES
+# Bad image inputs, read by `prepare` (pre-training data) and `finetune` (a labeled split).
+IMAGE_CASES = [
+    Case("prepare:corrupt-image", ("prepare", "{world}/images.toml", '--data.train=["{world}/img-corrupt"]'),
+         ("broken.png",)),
+    Case("prepare:grayscale-rgb-mix", ("prepare", "{world}/images.toml", '--data.train=["{world}/img-mixed"]'),
+         ("b.png", "data.channels")),
+    Case("prepare:image-sizes-differ", ("prepare", "{world}/images.toml", '--data.train=["{world}/img-sizes"]'),
+         ("b.png", "data.image_size")),
+    Case("prepare:empty-class-folder", ("prepare", "{world}/images.toml", '--data.train=["{world}/img-emptyclass"]'),
+         ("one",)),
+    Case("prepare:npz-key-missing", ("prepare", "{world}/images.toml", "--data.images_key=pixels"),
+         ("images.npz", "pixels", "labels")),
+    Case("finetune:npz-split-missing", ("finetune", "{world}/images.toml", "--finetune.task=image_classification",
+                                        "--model.image_size=8", "--model.channels=1", "--finetune.dir={world}/fresh",
+                                        "--finetune.data.train={world}/images.npz#test"),
+         ("images.npz", "x_test", "labels")),
+]
+
+CASES = _config_cases() + RUN_CASES + IMAGE_CASES
 
 
 def _snapshot(root: Path) -> dict[str, str]:

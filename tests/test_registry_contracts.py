@@ -5,8 +5,6 @@ the same way for each. A new component gets these tests by registering; nothing 
 
 import dataclasses
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,15 +13,12 @@ from pretrainer import api
 from pretrainer.config import load_config
 from pretrainer.data_info import DataInfo
 from pretrainer.io import read_model_state, save_weights
-from pretrainer.models import build_model
+from pretrainer.models import build_model, model_modality
 from pretrainer.objectives.base import PretrainingObjective
 from pretrainer.registry import DATA, MODELS, OBJECTIVES
 from pretrainer.runs import load_run, write_run_header
 
 QUIET = dict(log=lambda *_: None)
-# Image models and objectives are checked on 8 x 8 RGB images; until an image data module is
-# registered, image objectives train on the objective tests' stand-in (tests/objectives/_image_data.py).
-IMAGE_INFO = DataInfo(modality="image", image_size=8, channels=3)
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree quickly slowly".split()
 B, T = 4, 24
 
@@ -57,11 +52,22 @@ def config_data(tmp_path_factory):
                           text.info)
     write_run_header(root / "teacher", None, teacher, text)
     save_weights(teacher, root / "teacher" / "model.safetensors")
-    return {**data, "objective": {"teacher": str(root / "teacher")}}
+    # Every other data module brings a small generated data set of its kind (its `example`).
+    others = {}
+    for name in DATA.names():
+        if name != "text":
+            (root / name).mkdir()
+            others[name] = DATA.get(name).example(root / name)
+    return {**data, "objective": {"teacher": str(root / "teacher")}, "_data_sections": others}
 
 
 def make_config(config_data, **sections):
-    data = {k: dict(v) for k, v in config_data.items()}
+    """A config on the fixture's data; `data__name` picks a data module, which then reads its own
+    example data set."""
+    data = {k: dict(v) for k, v in config_data.items() if not k.startswith("_")}
+    name = sections.get("data__name", "text")
+    if name != "text":
+        data["data"] = dict(config_data["_data_sections"][name])
     for key, value in sections.items():
         section, name = key.split("__")
         data.setdefault(section, {})[name] = value
@@ -79,36 +85,47 @@ def tiny_model(name: str, info):
     return build_model(MODELS.get(name).config_class.tiny(), info)
 
 
-def modality(component) -> str:
-    """What a model reads or an objective's batches hold: "text" unless it says otherwise."""
-    return getattr(component, "modality", "text")
+def data_module_for(model_name: str, objective=None) -> str:
+    """The data module that feeds a model (same modality) and builds the objective's batches."""
+    for name in DATA.names():
+        module = DATA.get(name)
+        if getattr(module, "modality", "text") != model_modality(MODELS.get(model_name)):
+            continue
+        if objective is None or all(layout in module.layouts for layout in objective.layouts()):
+            return name
+    return ""
+
+
+def model_inputs(model, info):
+    """A batch of inputs for the model's modality: (token ids (B, T), mask) or (images (B, C, S, S), None)."""
+    if model_modality(model) == "image":
+        return (torch.rand(B, info.channels, info.image_size, info.image_size),), None
+    ids = torch.randint(len(info.special_ids), info.vocab_size, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, T - 5:] = False
+    return (ids, mask), mask
 
 
 def pretraining_objectives() -> list[str]:
     return [n for n in OBJECTIVES.names() if issubclass(OBJECTIVES.get(n), PretrainingObjective)]
 
 
-def objective_cases(infos: dict) -> list[tuple[str, str]]:
-    """(objective, model) pairs the objective accepts, among the models of its modality;
-    `infos` describes the data of each modality."""
+def objective_cases(infos: dict[str, DataInfo]) -> list[tuple[str, str]]:
+    """(objective, model) pairs where the objective accepts the model and some data module feeds
+    the model and builds the objective's batches; `infos` describes each modality's data."""
     cases = []
     for objective in pretraining_objectives():
-        kind = modality(OBJECTIVES.get(objective))
-        built = OBJECTIVES.get(objective)(load_config().objective, infos[kind])
-        cases += [(objective, m) for m in MODELS.names() if modality(MODELS.get(m)) == kind
-                  and built.check_backbone(tiny_model(m, infos[kind])) is None]
+        built = OBJECTIVES.get(objective)(load_config().objective,
+                                          infos[getattr(OBJECTIVES.get(objective), "modality", "text")])
+        for m in MODELS.names():
+            info = infos[model_modality(MODELS.get(m))]
+            if data_module_for(m, built) and built.check_backbone(tiny_model(m, info)) is None:
+                cases.append((objective, m))
     return cases
 
 
-def stand_in_image_data():
-    sys.path.insert(0, str(Path(__file__).parent / "objectives"))
-    from _image_data import ImageData
-
-    return ImageData(size=IMAGE_INFO.image_size, channels=IMAGE_INFO.channels)
-
-
-def _text_info(config_data):
-    return DATA.get("text")(make_config(config_data)).prepare(**QUIET).info
+def _infos(prepared) -> dict[str, DataInfo]:
+    return {getattr(DATA.get(name), "modality", "text"): data.info for name, data in prepared.items()}
 
 
 # ---------------------------------------------------------------- models
@@ -116,21 +133,12 @@ def _text_info(config_data):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_model_contract(name, prepared, tmp_path):
-    data = prepared["text"]
-    if modality(MODELS.get(name)) == "image":
-        model = tiny_model(name, IMAGE_INFO).eval()
-        mask = None  # images have no padding
-        inputs = (torch.rand(B, IMAGE_INFO.channels, IMAGE_INFO.image_size, IMAGE_INFO.image_size),)
-        hidden = model(*inputs)
-        assert hidden.shape[0] == B and hidden.shape[2] == model.d_model and torch.isfinite(hidden).all()
-    else:
-        model = tiny_model(name, data.info).eval()
-        ids = torch.randint(len(data.info.special_ids), data.info.vocab_size, (B, T))
-        mask = torch.ones(B, T, dtype=torch.bool)
-        mask[0, T - 5:] = False
-        inputs = (ids, mask)
-        hidden = model(*inputs)
-        assert hidden.shape == (B, T, model.d_model) and torch.isfinite(hidden).all()
+    data = prepared[data_module_for(name)]
+    model = tiny_model(name, data.info).eval()
+    inputs, mask = model_inputs(model, data.info)
+    hidden = model(*inputs)
+    tokens = T if mask is not None else hidden.shape[1]  # an image model: its feature tokens
+    assert hidden.shape == (B, tokens, model.d_model) and torch.isfinite(hidden).all()
     for pooling in ("cls", "mean"):
         assert model.pooled(hidden, mask, pooling).shape == (B, model.d_model)
     # Depth for layer-wise rules: embeddings at 0, blocks strictly above, nothing beyond the top + 1.
@@ -151,22 +159,22 @@ def test_model_contract(name, prepared, tmp_path):
 # ---------------------------------------------------------------- objectives
 
 
-def test_every_pretraining_objective_trains_some_registered_model(config_data):
-    infos = {"text": _text_info(config_data), "image": IMAGE_INFO}
-    trained = {objective for objective, _ in objective_cases(infos)}
+def test_every_pretraining_objective_trains_some_registered_model(prepared):
+    trained = {objective for objective, _ in objective_cases(_infos(prepared))}
     assert trained == set(pretraining_objectives())
 
 
 def _cases():
     # Collected at import: the pairs depend only on the registries and the tiny configs.
-    info = DataInfo(modality="text", vocab_size=80, pad_id=0, cls_id=2, sep_id=3, mask_id=4, special_ids=(0, 2, 3, 4))
-    return objective_cases({"text": info, "image": IMAGE_INFO})
+    text = DataInfo(modality="text", vocab_size=80, pad_id=0, cls_id=2, sep_id=3, mask_id=4, special_ids=(0, 2, 3, 4))
+    return objective_cases({"text": text, "image": DataInfo(modality="image", image_size=12, channels=1)})
 
 
 @pytest.mark.parametrize("objective,model_name", _cases())
 def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, config_data):
-    data = stand_in_image_data() if modality(OBJECTIVES.get(objective)) == "image" else prepared["text"]
-    cfg = make_config(config_data, objective__name=objective)
+    data_name = data_module_for(model_name)
+    data = prepared[data_name]
+    cfg = make_config(config_data, objective__name=objective, data__name=data_name)
     built = OBJECTIVES.get(objective)(cfg.objective, data.info)
     module = built.build(tiny_model(model_name, data.info)).train()
     batches = built.train_batches(data, B, T, seed=0)
@@ -192,19 +200,17 @@ def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, con
 @pytest.mark.parametrize("objective,model_name", _cases())
 def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, prepared, config_data, tmp_path,
                                                        monkeypatch, crash_after):
-    if modality(OBJECTIVES.get(objective)) != "text":
-        # A whole run needs a registered data module of that modality, prepared from files.
-        pytest.skip(f"{objective}: whole runs of image objectives need the images data module")
+    data_name = data_module_for(model_name)
 
     def cfg_for(run_dir):
         return make_config(config_data, objective__name=objective, model__name=model_name, run__dir=str(run_dir),
-                           train__max_steps=6, train__save_every=2)
+                           train__max_steps=6, train__save_every=2, data__name=data_name)
 
     whole = api.pretrain(cfg_for(tmp_path / "whole"), **QUIET)
     assert whole.step == 6
-    text = DATA.get("text")
-    real = text.train_batches
-    monkeypatch.setattr(text, "train_batches", lambda self, *a, **k: crash_after(real(self, *a, **k), 5))
+    module = DATA.get(data_name)
+    real = module.train_batches
+    monkeypatch.setattr(module, "train_batches", lambda self, *a, **k: crash_after(real(self, *a, **k), 5))
     with pytest.raises(RuntimeError, match="simulated"):
         api.pretrain(cfg_for(tmp_path / "killed"), **QUIET)
     monkeypatch.undo()
@@ -214,7 +220,7 @@ def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, pr
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not exact"
     # The run loads as the objective's module, with its heads, and evaluates the same twice.
     module, _ = load_run(tmp_path / "whole")
-    info = prepared["text"].info
+    info = prepared[data_name].info
     built = OBJECTIVES.get(objective)(cfg_for(tmp_path).objective, info).build(tiny_model(model_name, info))
     assert module.head_names == built.head_names
     evaluated = api.evaluate(cfg_for(tmp_path / "whole"), **QUIET)

@@ -44,6 +44,7 @@ class TextData:
 
     config_class = TextDataConfig
     layouts = (*LAYOUTS, "segments")
+    modality = "text"  # what models it feeds: those that read token ids (models.model_modality)
 
     def __init__(self, cfg: Config):
         self.cfg = dataclasses.replace(cfg, data=resolve_section(DataConfig, cfg.data))

@@ -1,6 +1,7 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "vit", "mlp") in `MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "resnet", "vit", "mlp") in
+`MODELS`.
 """
 
 from __future__ import annotations
@@ -17,29 +18,45 @@ from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
 from pretrainer.models.mlp import DenseNetwork, MLPConfig
+from pretrainer.models.resnet import ResNet, ResNetConfig
 from pretrainer.models.t5 import T5Config, T5Model
 from pretrainer.models.vit import ViTConfig, VisionTransformer
 from pretrainer.registry import MODELS
 
 __all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetwork", "GPT", "GPTConfig", "MLPConfig",
-           "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig", "VisionTransformer",
-           "build_model", "model_config_dict", "model_from_config_dict", "sized_for_images"]
+           "ResNet", "ResNetConfig", "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig",
+           "VisionTransformer", "build_model", "model_config_dict", "model_from_config_dict", "model_modality",
+           "sized_for_images"]
+
+
+def model_modality(model) -> str:
+    """What a model (a module, its class, or a module wrapped around a backbone) reads: "image" for
+    the image backbones (their config has `image_size`), else "text" (token ids). A class may say
+    so itself with a `modality` attribute."""
+    model = getattr(model, "backbone", model)
+    declared = getattr(model, "modality", None)
+    if isinstance(declared, str):
+        return declared
+    config_class = getattr(model, "config_class", None) or type(getattr(model, "config", None))
+    fields = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
+    return "image" if "image_size" in fields else "text"
 
 
 def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:
     """The registered model for `cfg.name`, sized from the data's description (an int is a
-    vocabulary size, for text); a vocab_size of 0 in `cfg` takes the data's.
+    vocabulary size, for text); a vocab_size of 0 in `cfg` takes the data's, and an image model's
+    image_size / channels of 0 the images'.
 
     `cfg` is not modified: the model's own `config` holds the resolved vocabulary size.
     A bare `ModelConfig` (only a name) gets that architecture's defaults.
     """
     cls = MODELS.get(cfg.name)
     cfg = resolve_section(ModelConfig, cfg)
-    if hasattr(cfg, "image_size"):  # an image model: image_size / channels of 0 take the data's
-        return cls(sized_for_images(cfg, data))
-    vocab_size = data if isinstance(data, int) else data.vocab_size
     if cfg.init_embeddings:  # a starting point, applied by the caller (api): not part of the architecture
         cfg = dataclasses.replace(cfg, init_embeddings="")
+    if model_modality(cls) == "image":  # image_size / channels of 0 take the data's
+        return cls(sized_for_images(cfg, data))
+    vocab_size = data if isinstance(data, int) else data.vocab_size
     if cfg.vocab_size == 0:
         cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
     elif cfg.vocab_size < vocab_size:

@@ -104,12 +104,19 @@ class SequenceClassifier(_BackboneHead):
         freeze_decoder(backbone)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.dropout(self.features(batch)))
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pooled vector the head reads (B, C): of the text, or of the image for an image
+        backbone (batch["images"] (B, C, S, S) -> (B, N, C) feature tokens)."""
+        if "images" in batch:
+            return self.backbone.pooled(self.backbone(batch["images"]), None, self.pooling)
         mask = batch.get("attention_mask")
         hidden = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B or N chunks, T, C)
         pooled = self.backbone.pooled(hidden, mask, self.pooling)  # (B or N, C)
         if batch.get("chunk_doc") is not None:
             pooled = pool_chunks(pooled, batch["chunk_doc"], self.chunk_pooling)  # (B, C)
-        return self.head(self.dropout(pooled))
+        return pooled
 
 
 class TokenClassifier(_BackboneHead):

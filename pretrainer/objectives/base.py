@@ -41,6 +41,10 @@ class PretrainingObjective:
         engine = getattr(self.cfg, "engine", "auto")
         return self.engines[0] if engine == "auto" else engine
 
+    def layouts(self) -> tuple[str, ...]:
+        """Every batch layout this objective asks the data module for (a mixture: its sub-objectives')."""
+        return (self.batch_layout,)
+
     def check_data(self, data) -> None:
         """Stop with a one-line error when the data module cannot build this objective's batches."""
         data.check_layout(self.batch_layout, self.cfg.name)

@@ -33,7 +33,8 @@ class ClassificationObjective:
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         """model is a SequenceClassifier; batch["labels"] (B,) long."""
-        return {**self.from_logits(model, model(batch), batch), "n_tokens": batch["input_ids"].numel()}
+        units = batch["input_ids"] if "input_ids" in batch else batch["labels"]  # tokens, or images
+        return {**self.from_logits(model, model(batch), batch), "n_tokens": units.numel()}
 
     def from_logits(self, model: nn.Module, logits: torch.Tensor, batch: dict) -> dict:
         """{"loss", "acc"} of logits (B, num_labels) against batch["labels"]; a row labelled

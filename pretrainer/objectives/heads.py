@@ -157,6 +157,26 @@ class ContextEmbeddings(nn.Module):
         self.register_buffer("token_counts", torch.zeros(vocab_size, dtype=torch.int64))
 
 
+class PixelDecoder(nn.Module):
+    """The autoencoder's decoder: an image backbone's pooled code (B, d_model) -> hidden -> GELU ->
+    pixel logits (B, C, S, S) (sigmoid gives the image). An objective head: trained with the
+    backbone, never transferred."""
+
+    def __init__(self, backbone: nn.Module, hidden: int = 512):
+        super().__init__()
+        cfg = backbone.config
+        self.shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        self.hidden = hidden
+        self.fc = nn.Linear(backbone.d_model, hidden)
+        self.out = nn.Linear(hidden, cfg.channels * cfg.image_size * cfg.image_size)
+
+    def head_config(self) -> dict[str, int]:
+        return {"hidden": self.hidden}
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.fc(code))).view(-1, *self.shape)
+
+
 # Head name -> how it is built for a backbone (and, for a head with `head_config`, that config).
 # A run's model.json lists its heads by these names, so `pretraining_model` rebuilds the module
 # without knowing the objective.
@@ -172,6 +192,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "context_embeddings": ContextEmbeddings,
     "mae_decoder": MAEDecoder,
     "simclr_projection": ProjectionMLP,
+    "pixel_decoder": PixelDecoder,
 }
 
 

@@ -100,6 +100,9 @@ class Mixture(PretrainingObjective):
             self.seed_offsets[name] = i
         self.extra_positions = max(sub.extra_positions for sub in self.subs.values())
 
+    def layouts(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(layout for sub in self.subs.values() for layout in sub.layouts()))
+
     def check_data(self, data) -> None:
         for sub in self.subs.values():
             sub.check_data(data)

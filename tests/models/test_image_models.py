@@ -126,15 +126,13 @@ def test_bad_mlp_keys_are_one_line_errors(override, key):
 def test_pretrain_plans_an_image_model_from_the_config_alone():
     """Before the data is read, `pretrain` checks the objective against a planned model; an image
     model has no vocabulary to plan with, so it gets a stand-in size that its patches fit."""
-    from pretrainer.api import _planned_data, check_objective_fits
+    from pretrainer.api import check_objective_fits, planned_backbone
 
-    cfg = load_config(None, ["--model.name=vit", "--model.patch_size=7", "--objective.name=mae"])
-    with torch.device("meta"):
-        planned = build_model(cfg.model, _planned_data(cfg))
+    cfg = load_config(None, ["--data.name=images", "--model.name=vit", "--model.patch_size=7", "--objective.name=mae"])
+    planned = planned_backbone(cfg)
     assert planned.config.image_size == 14 and planned.n_patches == 4
     check_objective_fits(cfg, planned)  # MAE accepts it
-    cfg = load_config(None, ["--model.name=mlp", "--objective.name=mae"])
-    with torch.device("meta"):
-        planned = build_model(cfg.model, _planned_data(cfg))
+    cfg = load_config(None, ["--data.name=images", "--model.name=mlp", "--objective.name=mae"])
+    planned = planned_backbone(cfg)
     with pytest.raises(PretrainerError, match="objective.name"):
         check_objective_fits(cfg, planned)

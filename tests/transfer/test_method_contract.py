@@ -37,9 +37,35 @@ def tiny_start(tmp_path_factory, tiny_transfer_task, good_task_rows, task_words)
     cfg = tiny_transfer_task(tmp, good_task_rows(seed=0), "--tokenizer.vocab_size=120", "--model.n_layers=2")
     (tmp / "tagged.conll").write_text(tagged_rows(task_words, 40, seed=0))
     tagged = dataclasses.replace(cfg.finetune.data, train=str(tmp / "tagged.conll"), dev=str(tmp / "tagged.conll"))
-    data = {"classification": {}, "tokens": {"task": "tokens", "data": tagged}}
+    images = _tiny_image_run(tmp)
+    data = {"classification": {}, "tokens": {"task": "tokens", "data": tagged},
+            "image_classification": {"task": "image_classification", "init": images["init"],
+                                     "data": dataclasses.replace(cfg.finetune.data, **images["data"])}}
     assert set(data) == set(TASKS), "a new task needs its tiny data here"
     return cfg, data, tmp
+
+
+def _tiny_image_run(tmp) -> dict:
+    """A tiny resnet autoencoder run (2 steps) and labeled 8 x 8 images of two classes (a bright
+    top or bottom half): the image task's init and data."""
+    import numpy as np
+
+    from pretrainer.api import pretrain
+    from pretrainer.config import load_config
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, size=(40, 8, 8), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    images[labels == 0, :4] += 150
+    images[labels == 1, 4:] += 150
+    np.savez(tmp / "images.npz", x_train=images, y_train=labels)
+    pretrain(load_config(None, ["--data.name=images", f'--data.train=["{tmp / "images.npz"}"]',
+                                f'--data.cache_dir="{tmp / "cache"}"', "--model.name=resnet", "--model.widths=[8, 16]",
+                                "--model.blocks=[1, 1]", "--model.groups=4", "--objective.name=autoencoder",
+                                f'--run.dir="{tmp / "image-run"}"', "--train.batch_size=8", "--train.max_steps=2",
+                                "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false"]), **QUIET)
+    return {"init": str(tmp / "image-run"), "data": {"train": str(tmp / "images.npz"),
+                                                     "dev": str(tmp / "images.npz")}}
 
 
 def watch_fit(monkeypatch, method_class) -> dict:

@@ -9,6 +9,8 @@ from pretrainer.transfer.partial import default_freeze_layers, freeze_bottom_lay
 
 @TRANSFER_METHODS.register("freeze")
 class Freeze(TransferMethod):
+    tasks = ("classification", "tokens", "image_classification")
+
     def build(self, task, backbone, tokenizer, label_names, log) -> nn.Module:
         model = super().build(task, backbone, tokenizer, label_names, log)
         freeze_bottom_layers(model, self.ft.freeze_layers or default_freeze_layers(model))

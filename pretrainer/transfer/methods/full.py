@@ -7,3 +7,5 @@ from pretrainer.transfer.methods.base import TransferMethod
 @TRANSFER_METHODS.register("full")
 class Full(TransferMethod):
     """Everything trains at one learning rate: the baseline every other method is compared with."""
+
+    tasks = ("classification", "tokens", "image_classification")

@@ -8,6 +8,8 @@ from pretrainer.transfer.partial import check_layer_decay
 
 @TRANSFER_METHODS.register("llrd")
 class LayerwiseDecay(TransferMethod):
+    tasks = ("classification", "tokens", "image_classification")
+
     def head_kwargs(self) -> dict:
         # The head's param_groups carry each depth's lr_scale; build_optimizer applies them.
         check_layer_decay(self.ft.layer_decay)

@@ -34,7 +34,7 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight of 0.5 * ||W||^2 against the mean c
 
 @TRANSFER_METHODS.register("probe")
 class Probe(TransferMethod):
-    tasks = ("classification",)
+    tasks = ("classification", "image_classification")
     distills = False  # a logistic regression on cached features, not a loss fitted by gradient
 
     def build(self, task, backbone, tokenizer, label_names, log) -> nn.Module:
@@ -84,7 +84,7 @@ class Probe(TransferMethod):
     def features(self, model: nn.Module, dataset) -> torch.Tensor:
         # A chunked document's vector is its chunks' pooled the classifier's way, so the folded
         # head reads the same features the saved SequenceClassifier computes.
-        return cached_features(model.backbone, dataset, self.ft.pooling, self.ft.train.batch_size,
+        return cached_features(model, dataset, self.ft.pooling, self.ft.train.batch_size,
                                feature_cache_dir(self.cfg), chunk_pooling=model.chunk_pooling)
 
 
@@ -127,10 +127,12 @@ def feature_cache_dir(cfg: Config) -> Path:
 
 
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, dataset, pooling: str, batch_size: int,
+def pooled_features(model: nn.Module, dataset, pooling: str, batch_size: int,
                     chunk_pooling: str = "mean") -> torch.Tensor:
     """(N, C) pooled hidden states of every example, in order, the backbone in eval mode; a
-    chunked document's chunks pooled into one row by `chunk_pooling`."""
+    chunked document's chunks pooled into one row by `chunk_pooling`. `model` is a classifier
+    (its `features` give what its head reads: text or images) or a bare text backbone."""
+    backbone = getattr(model, "backbone", model)
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -138,26 +140,30 @@ def pooled_features(backbone: nn.Module, dataset, pooling: str, batch_size: int,
     try:
         for batch in iterate_once(dataset, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
-            mask = batch["attention_mask"]
-            hidden = backbone(batch["input_ids"], mask, batch["token_type_ids"])
-            pooled = backbone.pooled(hidden, mask, pooling)  # (B or N chunks, C)
-            if "chunk_doc" in batch:
-                pooled = pool_chunks(pooled, batch["chunk_doc"], chunk_pooling)  # (B, C)
+            if hasattr(model, "features"):
+                pooled = model.features(batch)  # (B, C), chunks already pooled the classifier's way
+            else:
+                mask = batch["attention_mask"]
+                hidden = backbone(batch["input_ids"], mask, batch["token_type_ids"])
+                pooled = backbone.pooled(hidden, mask, pooling)  # (B or N chunks, C)
+                if "chunk_doc" in batch:
+                    pooled = pool_chunks(pooled, batch["chunk_doc"], chunk_pooling)  # (B, C)
             out.append(pooled.float().cpu())
     finally:
         backbone.train(was_training)
     return torch.cat(out)
 
 
-def cached_features(backbone: nn.Module, dataset, pooling: str, batch_size: int, cache_dir: Path,
+def cached_features(model: nn.Module, dataset, pooling: str, batch_size: int, cache_dir: Path,
                     chunk_pooling: str = "mean") -> torch.Tensor:
-    """`pooled_features`, read from `cache_dir` when these weights have seen these ids before."""
+    """`pooled_features`, read from `cache_dir` when these weights have seen these inputs before
+    (the key covers the backbone, not a classifier's fresh head)."""
     chunks = getattr(dataset, "chunk_lengths", None)
     key_pooling = f"{pooling}/{chunk_pooling}" if chunks else pooling
-    path = cache_dir / f"{features_key(backbone, dataset, key_pooling)}.safetensors"
+    path = cache_dir / f"{features_key(getattr(model, 'backbone', model), dataset, key_pooling)}.safetensors"
     if path.is_file():
         return load_file(str(path))["features"]
-    features = pooled_features(backbone, dataset, pooling, batch_size, chunk_pooling)
+    features = pooled_features(model, dataset, pooling, batch_size, chunk_pooling)
     save_weights({"features": features}, path)  # atomic: a killed run never leaves half a file
     return features
 
@@ -171,7 +177,9 @@ def features_key(backbone: nn.Module, dataset, pooling: str) -> str:
     for name, tensor in sorted(backbone.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    for ids, types in zip(dataset.input_ids, dataset.token_type_ids):
+    if hasattr(dataset, "content_key"):  # images: the pixels
+        h.update(dataset.content_key())
+    for ids, types in zip(getattr(dataset, "input_ids", ()), getattr(dataset, "token_type_ids", ())):
         h.update(bytes(str(ids), "ascii"))
         h.update(bytes(str(types), "ascii"))
     if getattr(dataset, "chunk_lengths", None):  # where one document's chunks end

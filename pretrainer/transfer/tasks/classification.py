@@ -34,6 +34,9 @@ class Classification(Task):
         return infer_label_names(examples)
 
     def encoder(self, tokenizer, max_len: int, ft=None) -> Encoder:
+        if getattr(tokenizer, "kind", "") == "image":
+            raise PretrainerError("config key 'finetune.task' = \"classification\" reads text, but the backbone reads "
+                                  "images; set finetune.task = \"image_classification\"")
         long = LongDocuments.of(ft) if ft is not None else LongDocuments()
         long.check(max_len)  # before any file is read
 
