@@ -1,6 +1,6 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt", "t5", "boe") in `MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "lstm", "elmo") in `MODELS`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pretrainer.models.boe import BagOfEmbeddings, BoEConfig
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+from pretrainer.models.lstm import ELMo, ELMoConfig, LSTMConfig, LSTMLanguageModel
 from pretrainer.models.t5 import T5Config, T5Model
 from pretrainer.registry import MODELS
 
-__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "GPT", "GPTConfig", "SequenceClassifier", "T5Config",
+__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "ELMo", "ELMoConfig", "GPT", "GPTConfig", "LSTMConfig", "LSTMLanguageModel", "SequenceClassifier", "T5Config",
            "T5Model", "TokenClassifier", "build_model",
            "model_config_dict", "model_from_config_dict"]
 

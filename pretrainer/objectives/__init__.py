@@ -6,6 +6,7 @@
 Importing this package registers the built-in objectives.
 """
 
+from pretrainer.objectives.bilm import BidirectionalLM
 from pretrainer.objectives.classification import ClassificationObjective
 from pretrainer.objectives.clm import CausalLM
 from pretrainer.objectives.distill import Distillation
@@ -18,5 +19,5 @@ from pretrainer.objectives.sop import MaskedLMWithSOP
 from pretrainer.objectives.span import SpanCorruption
 from pretrainer.objectives.word2vec import Word2Vec
 
-__all__ = ["CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
+__all__ = ["BidirectionalLM", "CausalLM", "ClassificationObjective", "Distillation", "MaskedLM", "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP",
            "ReplacedTokenDetection", "SimCSE", "SpanCorruption", "Word2Vec"]
