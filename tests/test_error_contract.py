@@ -40,6 +40,9 @@ def _write_world(root: Path) -> None:
     (root / "lexicon-gap.txt").write_text("good film\n\nbad story\n")
     (root / "nocorpus.toml").write_text("[train]\nlr = 0.001\n")
     (root / "t5.toml").write_text(_config(root, "t5", "t5", objective="span_corruption"))
+    # A bidirectional LSTM (ELMo) config: the recurrent model's own keys instead of the Transformer's.
+    (root / "elmo.toml").write_text(_config(root, "elmo", "elmo", objective="bilm").replace(
+        "n_layers = 1\nd_model = 16\nn_heads = 2\nmax_len = 32\n", "n_layers = 1\nd_embed = 16\nhidden = 24\n"))
 
 
 def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
@@ -133,6 +136,8 @@ BAD_CONFIGS = [
     ("engine-for-mlm", "good.toml", None, ("--objective.engine=gensim",), ("objective.engine",)),
     ("word2vec-window", "good.toml", None, ("--objective.name=word2vec", "--objective.window=0"),
      ("objective.window",)),
+    ("bidirectional-lstm-widths", "elmo.toml", None, ("--model.projection=top", "--model.n_layers=2"),
+     ("model.bidirectional",)),
 ]
 
 
@@ -144,6 +149,8 @@ BAD_PRETRAINING = [
     ("seq-beyond-positions", "good.toml", None, ("--train.seq_len=64", "--objective.teacher={world}/run"),
      ("train.seq_len",)),
     ("causal-lm-on-encoder", "good.toml", None, ("--objective.name=clm",), ("objective.name",)),
+    ("bilm-on-encoder", "good.toml", None, ("--objective.name=bilm",), ("objective.name",)),
+    ("causal-lm-on-bidirectional-lstm", "elmo.toml", None, ("--objective.name=clm",), ("objective.name",)),
     ("lexicon-absent", "good.toml", None, ("--objective.masking=lexicon", "--objective.lexicon={world}/absent.txt"),
      ("objective.lexicon", "absent.txt")),
     ("lexicon-empty-line", "good.toml", None, ("--objective.masking=lexicon",
@@ -163,8 +170,11 @@ def _config_cases() -> list[Case]:
         for command, (bad_id, name, _text, overrides, names) in itertools.product(commands, bad):
             if command == ("distill",) and bad_id in ("causal-lm-on-encoder", "lexicon-absent", "lexicon-empty-line",
                                                       "word2vec-on-encoder", "init-embeddings-absent",
-                                                      "init-embeddings-not-word-vectors"):
+                                                      "init-embeddings-not-word-vectors", "bilm-on-encoder",
+                                                      "causal-lm-on-bidirectional-lstm"):
                 continue  # distill names its own objective (and asks for a teacher first)
+            if command == ("pretrain", "--resume") and bad_id == "causal-lm-on-bidirectional-lstm":
+                continue  # no elmo run exists to resume: that is what --resume reports first
             if command == ("pretrain", "--resume") and bad_id == "lexicon-empty-line":
                 continue  # the file is read once the data is: --resume refuses the changed objective first
             fresh = ("--run.dir={world}/fresh",) if command in (("pretrain",), ("distill",)) else ()
@@ -200,6 +210,11 @@ RUN_CASES = [
     Case("import:no-folder", ("import", "{world}/absent", "{world}/imported"), ("absent",)),
     Case("import:a-file", ("import", "{world}/corpus.txt", "{world}/imported"), ("corpus.txt",)),
     Case("import:not-hf", ("import", "{world}/run", "{world}/imported"), ("config.json",)),
+    Case("finetune:pooling-the-backbone-lacks", ("finetune", "{world}/good.toml", "--finetune.pooling=concat",
+                                                 "--finetune.dir={world}/fresh"), ("finetune.pooling", "bert")),
+    Case("finetune:gradual-unfreezing-with-probe", ("finetune", "{world}/good.toml", "--finetune.method=probe",
+                                                    "--finetune.gradual_unfreezing=true",
+                                                    "--finetune.dir={world}/fresh"), ("finetune.gradual_unfreezing",)),
     Case("distill:no-teacher", ("distill", "{world}/good.toml", "--run.dir={world}/fresh"), ("objective.teacher",)),
     Case("distill:teacher-absent", ("distill", "{world}/good.toml", "--run.dir={world}/fresh",
                                     "--objective.teacher={world}/absent"), ("absent",)),
