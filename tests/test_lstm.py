@@ -283,6 +283,11 @@ def test_ulmfit_recipe_fine_tunes_and_resumes_exactly(lstm_run, monkeypatch, cra
     whole = finetune(load_config(None, overrides + [f'--finetune.dir="{root / "whole"}"']), log=lines.append)
     assert whole["steps"] == 8 and 0 <= whole["dev"]["accuracy"] <= 1
     assert sum("gradual unfreezing" in line for line in lines) == 4  # head, layer 2, layer 1, embeddings
+    from pretrainer.runs import load_run
+
+    saved, _ = load_run(root / "whole")  # the concat head (3 x d_model wide) is rebuilt from model.json
+    assert isinstance(saved, SequenceClassifier) and saved.pooling == "concat"
+    assert saved.head.in_features == 3 * saved.backbone.d_model
     # A run killed after step 5 (its last checkpoint at step 4, mid-unfreezing) resumes to the same weights.
     from pretrainer.transfer.tasks import classification
 
