@@ -355,7 +355,9 @@ class TrainConfig:
     eps: float = _field(1e-6, "AdamW epsilon", check=positive)
     warmup: float = _field(0.06, "warmup as a fraction of training (< 1) or a number of steps (>= 1)",
                            check=non_negative)
-    schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
+    schedule: str = _field("cosine", "decay after warmup; stlr = ULMFiT's slanted triangular rates: linear, "
+                                     "rising from min_lr_ratio instead of 0 (cut_frac = warmup, ratio = "
+                                     "1 / min_lr_ratio)", ("cosine", "linear", "stlr", "constant"))
     min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of the peak", check=fraction)
     grad_clip: float = _field(1.0, "clip the global gradient norm (0 = off)", check=non_negative)
     eval_every: int = _field(200, "evaluate every N steps (0 = only at the end)", check=non_negative,
@@ -489,6 +491,12 @@ class FinetuneConfig:
                                 check=non_negative)
     layer_decay: float = _field(0.8, "method llrd: each layer down gets this factor times the lr of the one above",
                                 check=between(0, 1, low_open=True))
+    gradual_unfreezing: bool = _field(False, "ULMFiT's gradual unfreezing: train only the top layer group (the "
+                                             "task's head) at first, then unfreeze one more group downwards every "
+                                             "`unfreeze_every` steps (groups: layer_id depths); methods that "
+                                             "train by gradient")
+    unfreeze_every: int = _field(0, "gradual unfreezing: optimizer steps between unfreezing one more layer group "
+                                    "(0 = one epoch of the labeled subset, as in ULMFiT)", check=non_negative)
     patience: int = _field(0, "early stopping: stop after this many evaluations without a better dev score "
                               "(0 = off; evaluations every finetune.train.eval_every steps)", check=non_negative)
     keep_best: bool = _field(True, "end with the weights of the best dev evaluation, not the last step")
@@ -496,7 +504,9 @@ class FinetuneConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     pooling: str = _field("mean", "sentence representation for the head: mean of the tokens (suits MLM-only "
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
-                                  "only by NSP; needed to export as BertForSequenceClassification)", ("cls", "mean"))
+                                  "only by NSP; needed to export as BertForSequenceClassification); recurrent "
+                                  "models (lstm, elmo) also take last (the last real token's state), max, and "
+                                  "concat ([last, max, mean], ULMFiT's)", ("cls", "mean", "last", "max", "concat"))
     classifier_dropout: float = _field(0.1, "dropout before the classification head", check=dropout_rate)
     dropout: float = _field(-1.0, "dropout inside the backbone while fine-tuning (-1 = the checkpoint's own "
                                   "config; set it, e.g. 0.1, for a backbone pre-trained with dropout off)",

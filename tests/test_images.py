@@ -176,7 +176,7 @@ def test_resnet_surface_and_sizing():
     assert hidden.shape == (2, model.grid_size ** 2, 32) and model.grid_size == 4  # 28 -> 14 -> 7 -> 4
     assert model.pooled(hidden).shape == (2, 32) and model.n_layers == 4
     assert {model.layer_id(n) for n, _ in model.named_parameters()} == {0, 1, 2, 3, 4}
-    with pytest.raises(PretrainerError, match="model.image_size' = 32, but the data's images have image_size 28"):
+    with pytest.raises(PretrainerError, match="model.image_size' = 32 but the data's images have image_size = 28"):
         build_model(ResNetConfig(image_size=32), info)
     # GroupNorm: an image's features do not depend on the rest of the batch, in either mode
     model.train()

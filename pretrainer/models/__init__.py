@@ -1,7 +1,7 @@
 """Model architectures: each a config dataclass plus an nn.Module, registered by name.
 
-Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "resnet", "vit", "mlp") in
-`MODELS`.
+Importing this package registers the built-in models ("bert", "gpt", "t5", "boe", "lstm", "elmo", "resnet",
+"vit", "mlp") in `MODELS`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from pretrainer.models.boe import BagOfEmbeddings, BoEConfig
 from pretrainer.models.decoder import GPT, GPTConfig
 from pretrainer.models.encoder import BertConfig, BertModel
 from pretrainer.models.heads import SequenceClassifier, TokenClassifier
+from pretrainer.models.lstm import ELMo, ELMoConfig, LSTMConfig, LSTMLanguageModel
 from pretrainer.models.mlp import DenseNetwork, MLPConfig
 from pretrainer.models.resnet import ResNet, ResNetConfig
 from pretrainer.models.t5 import T5Config, T5Model
 from pretrainer.models.vit import ViTConfig, VisionTransformer
 from pretrainer.registry import MODELS
 
-__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetwork", "GPT", "GPTConfig", "MLPConfig",
+__all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetwork", "ELMo", "ELMoConfig", "GPT", "GPTConfig",
+           "LSTMConfig", "LSTMLanguageModel", "MLPConfig",
            "ResNet", "ResNetConfig", "SequenceClassifier", "T5Config", "T5Model", "TokenClassifier", "ViTConfig",
            "VisionTransformer", "build_model", "model_config_dict", "model_from_config_dict", "model_modality",
            "sized_for_images"]

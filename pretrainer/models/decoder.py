@@ -55,6 +55,7 @@ class GPTConfig(ModelConfig):
 class GPT(nn.Module):
     config_class = GPTConfig
     causal = True  # each position sees only those before it
+    poolings = ("cls", "last", "mean")  # finetune.pooling values `pooled` computes
 
     def __init__(self, config: GPTConfig):
         super().__init__()

@@ -61,16 +61,18 @@ class WrapsBackbone(nn.Module):
 class _BackboneHead(WrapsBackbone):
     """What every task head shares: the backbone's transfer surface, dropout and a linear head."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float, layer_decay: float | None):
+    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float, layer_decay: float | None,
+                 head_width: int | None = None):
         super().__init__()
         self.backbone = backbone
+        self.head_width = head_width or backbone.d_model  # what the linear head reads
         self.dropout = nn.Dropout(dropout)
         self.num_labels = num_labels
         self.layer_decay = layer_decay  # None: one learning rate for every layer
         self.head = self._new_head(num_labels)
 
     def _new_head(self, num_labels: int) -> nn.Linear:
-        head = nn.Linear(self.backbone.d_model, num_labels)
+        head = nn.Linear(self.head_width, num_labels)
         nn.init.normal_(head.weight, mean=0.0, std=getattr(self.backbone.config, "init_std", 0.02))
         nn.init.zeros_(head.bias)
         ref = next(self.backbone.parameters())
@@ -96,7 +98,9 @@ class SequenceClassifier(_BackboneHead):
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
                  layer_decay: float | None = None, chunk_pooling: str = "mean"):
-        super().__init__(backbone, num_labels, dropout, layer_decay)
+        # A pooling may be wider than the hidden states (an LSTM's "concat" = [last, max, mean]).
+        width = backbone.pooled_width(pooling) if hasattr(backbone, "pooled_width") else backbone.d_model
+        super().__init__(backbone, num_labels, dropout, layer_decay, head_width=width)
         self.pooling = pooling
         self.chunk_pooling = chunk_pooling
         if pooling != "cls":

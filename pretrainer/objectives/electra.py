@@ -48,6 +48,9 @@ class ReplacedTokenDetection(MaskedLM):
                     "sees only its left (use clm)")
         if not hasattr(getattr(backbone, "embeddings", None), "word_embeddings"):
             return "ELECTRA's generator shares the backbone's embedding module, which this model has not"
+        if not hasattr(backbone.config, "n_heads"):
+            return ("ELECTRA's generator is a small Transformer sized in the backbone's attention heads, "
+                    "which this model has not")
         return no_context(backbone)
 
     def build(self, backbone: nn.Module) -> PretrainingModel:

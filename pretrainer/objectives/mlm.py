@@ -121,6 +121,11 @@ class MaskedLM(PretrainingObjective):
         if getattr(backbone, "is_encoder_decoder", False):
             return ("masked LM trains an encoder alone; an encoder–decoder pre-trains both stacks with "
                     "objective.name = \"span_corruption\"")
+        table = getattr(getattr(backbone, "embeddings", None), "word_embeddings", None)
+        if isinstance(table, nn.Embedding) and table.embedding_dim != backbone.d_model:
+            return (f"the MLM head's decoder is the word-embedding table (width {table.embedding_dim}), which "
+                    f"this model's output (width {backbone.d_model}) does not match (a bidirectional LSTM: "
+                    f"use objective.name = \"bilm\")")
         return no_context(backbone)
 
     def build(self, backbone: nn.Module) -> PretrainingModel:

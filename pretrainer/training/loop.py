@@ -262,6 +262,7 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
         eval_fn: Callable[[nn.Module], dict] | None = None, resume: bool = False,
         total_steps: int | None = None, log: Callable[[str], None] = print, *,
         should_stop: Callable[[list[dict]], bool] | None = None,
+        before_step: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic) -> FitResult:
     """Train `model` on `objective(model, batch)` over the infinite iterator `train_batches`.
 
@@ -271,7 +272,9 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     `save_every` steps and at the end; the final weights go to `run_dir/model.safetensors`.
     Under torchrun the model is wrapped by `distributed.parallelize` (DDP or FSDP2) before
     compile; only rank 0 writes files. `should_stop(eval_history)` is asked after each
-    evaluation (early stopping); `clock` is injectable for tests.
+    evaluation (early stopping); `before_step(steps_taken)` runs before each step (gradual
+    unfreezing: it may only change what a step does as a function of the step, so resume stays
+    exact); `clock` is injectable for tests.
     """
     run_dir = Path(run_dir)
     set_threads(impl_cfg)
@@ -410,6 +413,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                 lr = schedule.get_lr()
                 if set_progress is not None:
                     set_progress(schedule.progress())  # objectives' own schedules (mask rate)
+                if before_step is not None:
+                    before_step(step)
                 t0 = clock()
                 metrics = train_step(run_model, objective, batches, optimizer, train_cfg.accum,
                                      autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device,

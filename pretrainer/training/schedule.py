@@ -1,5 +1,10 @@
 """Learning-rate schedule: linear warmup, then cosine / linear decay or constant.
 
+"stlr" is ULMFiT's slanted triangular rate (Howard & Ruder 2018): "linear" whose rise starts at
+the floor instead of 0. Its cut_frac is `train.warmup` (0.1 in the paper) and its ratio is
+1 / `train.min_lr_ratio` (32 in the paper: min_lr_ratio = 0.03125): the rate climbs from
+lr / ratio to lr over the first cut_frac of training, then falls back to lr / ratio.
+
 Progress through training is a number in [0, 1]. With a step budget it is
 `steps / total_steps`; with a wall-clock budget (`train.budget = "30m"`) it is
 `elapsed seconds / budget seconds`, so the decay is fitted to the time available and the
@@ -31,23 +36,30 @@ def lr_factor(progress: float, warmup: float, schedule: str = "cosine", min_lr_r
               total_steps: int | None = None) -> float:
     """Multiplier on the peak learning rate at `progress` in [0, 1].
 
-    Rises linearly from 0 to 1 over the warmup, then decays to `min_lr_ratio` at
-    progress 1 (cosine or linear), or stays at 1 (constant).
+    Rises linearly from 0 (from `min_lr_ratio` for "stlr") to 1 over the warmup, then decays
+    to `min_lr_ratio` at progress 1 (cosine, linear or stlr), or stays at 1 (constant).
     """
     w = warmup_fraction(warmup, total_steps)
     p = min(max(float(progress), 0.0), 1.0)
     if p < w:
-        return p / w
+        return rise(p / w, schedule, min_lr_ratio)
     if schedule == "constant":
         return 1.0
     decay = 1.0 if w >= 1.0 else (p - w) / (1.0 - w)
     if schedule == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * decay))
-    elif schedule == "linear":
+    elif schedule in ("linear", "stlr"):
         shape = 1.0 - decay
     else:
-        raise PretrainerError(f"train.schedule must be cosine, linear or constant, got {schedule!r}")
+        raise PretrainerError(f"train.schedule must be cosine, linear, stlr or constant, got {schedule!r}")
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def rise(fraction: float, schedule: str, min_lr_ratio: float) -> float:
+    """The warmup's factor `fraction` of the way through it: from 0, or from the floor for stlr."""
+    if schedule == "stlr":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * fraction
+    return fraction
 
 
 class LRSchedule:
@@ -145,7 +157,7 @@ class LRSchedule:
             return lr_factor(self.progress(), self.warmup, self.schedule, self.min_lr_ratio)
         if self._budget_warmup is None:
             if self.steps_done + 1 < self.warmup:
-                return (self.steps_done + 1) / self.warmup
+                return rise((self.steps_done + 1) / self.warmup, self.schedule, self.min_lr_ratio)
             self._budget_warmup = self.progress()  # the share of the budget warmup took
         if self.schedule == "constant":
             return 1.0

@@ -10,6 +10,7 @@ module it trains -> fit and select -> save -> score dev/test -> results.json.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pretrainer.registry import TASKS, TRANSFER_METHODS
 from pretrainer.runs import check_resume
 from pretrainer.training.precision import set_determinism, set_threads
 from pretrainer.transfer.backbone import load_backbone
+from pretrainer.transfer.methods.base import TransferMethod
 from pretrainer.transfer.distill import with_teacher_targets
 from pretrainer.transfer.partial import count_parameters
 
@@ -38,6 +40,7 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
         check_resume(run_dir, cfg, finetuning_keys(cfg))
     backbone, tokenizer, source = load_backbone(cfg)
     check_input_fits(method.input_length(backbone), backbone, source)
+    check_pooling(ft.pooling, backbone, source)
     encode = method.encoder(task, tokenizer, method.input_length(backbone))
     splits = task.read_splits(ft, encode, cfg.run.seed, uses_labels=method.uses_labels)
     for split, stats in splits.read_stats.items():
@@ -114,6 +117,14 @@ def check_finetune_config(cfg: Config) -> None:
     if ft.distill_unlabeled and not ft.teacher:
         raise PretrainerError("config key 'finetune.distill_unlabeled' needs finetune.teacher: unlabeled text "
                               "trains only through a teacher's soft labels")
+    if ft.gradual_unfreezing:
+        if TRANSFER_METHODS.get(ft.method).fit is not TransferMethod.fit:
+            raise PretrainerError(f"config key 'finetune.gradual_unfreezing': method {ft.method!r} does not train "
+                                  f"layers by gradient steps, so there is nothing to unfreeze; use full, llrd, "
+                                  f"freeze, lora or soft_prompt")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise PretrainerError("config key 'finetune.gradual_unfreezing' runs in one process only: DDP fixes "
+                                  "which parameters train when it wraps the model")
     if ft.patience and not ft.data.dev:
         raise PretrainerError("config key 'finetune.patience' needs a dev set (finetune.data.dev): early "
                               "stopping never looks at test data")
@@ -123,6 +134,14 @@ def finetuning_keys(cfg: Config) -> tuple[str, ...]:
     """What a fine-tuning run is made of, for `--resume` to keep: [finetune] and the seed, and
     [model] / [tokenizer] when they, not finetune.init, give the backbone."""
     return ("run.seed", "finetune", "impl") + (() if cfg.finetune.init else ("model", "tokenizer"))
+
+
+def check_pooling(pooling: str, backbone: nn.Module, source: str) -> None:
+    """finetune.pooling among those the backbone computes (recurrent models add last, max, concat)."""
+    able = getattr(backbone, "poolings", ("cls", "mean"))
+    if pooling not in able:
+        raise PretrainerError(f"config key 'finetune.pooling' = {pooling!r} is not one {backbone.config.name} "
+                              f"({source}) computes; choose {', '.join(able)}")
 
 
 def check_input_fits(input_length: int, backbone: nn.Module, source: str) -> None:

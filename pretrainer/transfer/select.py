@@ -16,23 +16,33 @@ from torch import nn
 from pretrainer.config import Config
 from pretrainer.io import unwrap
 from pretrainer.training.loop import fit
+from pretrainer.transfer.unfreeze import GradualUnfreezing
 
 
 def train_and_select(cfg: Config, model: nn.Module, objective, batches, n_examples: int, run_dir: Path,
                      evaluate: Callable[[nn.Module], dict] | None, has_dev: bool, metric: str, resume: bool,
                      log) -> int:
     """`fit`, keeping the weights of the best evaluation of `metric` (higher is better) when there
-    is a dev set. Returns the steps taken."""
+    is a dev set, and unfreezing gradually when finetune.gradual_unfreezing says so. Returns the
+    steps taken."""
     ft = cfg.finetune
     train_cfg = ft.train
     if has_dev and not train_cfg.eval_every and (ft.keep_best or ft.patience):
         # Model selection needs evaluations along the way: once per epoch unless told otherwise.
         train_cfg = dataclasses.replace(train_cfg, eval_every=batches.steps_per_epoch)
+    unfreezing = None
+    if ft.gradual_unfreezing:
+        every = ft.unfreeze_every or max(1, math.ceil(batches.steps_per_epoch / train_cfg.accum))
+        unfreezing = GradualUnfreezing(model, every, log)
     best = BestWeights(metric)
-    result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
-                 eval_fn=best.wrap(evaluate) if evaluate is not None else None,
-                 resume=resume, total_steps=total_steps(train_cfg, n_examples), log=log,
-                 should_stop=best.patience_spent(ft.patience) if ft.patience else None)
+    try:
+        result = fit(model, objective, batches, train_cfg, cfg.impl, run_dir,
+                     eval_fn=best.wrap(evaluate) if evaluate is not None else None,
+                     resume=resume, total_steps=total_steps(train_cfg, n_examples), log=log,
+                     should_stop=best.patience_spent(ft.patience) if ft.patience else None, before_step=unfreezing)
+    finally:
+        if unfreezing is not None:
+            unfreezing.restore()
     if ft.keep_best and has_dev and best.restore(model):
         log(f"keeping the weights of the best dev evaluation (number {best.evaluation} of "
             f"{best.evaluations}, {metric} {best.score:.4f})")
