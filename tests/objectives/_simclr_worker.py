@@ -11,22 +11,19 @@ keeps only this rank's own part (no sum over ranks), OUT_DIR/naive.safetensors, 
 can show that it would fail. Nothing is random: the views are given and dropout is 0.
 """
 
-import gc
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 
 from pretrainer.config import ImplConfig, ObjectiveConfig
 from pretrainer.data_info import DataInfo
-from pretrainer.io import unwrap
 from pretrainer.models import MLPConfig, ViTConfig, build_model
-from pretrainer.objectives import gather
 from pretrainer.registry import OBJECTIVES
-from pretrainer.training.distributed import (call_objective, full_tensor, init_distributed,
-                                             parallelize, shutdown_distributed)
+from pretrainer.training.distributed import init_distributed, shutdown_distributed
+
+from _gather_step import save_one_step, without_sum_over_ranks
 
 GLOBAL_BATCH = 8
 INFO = DataInfo(modality="image", image_size=8, channels=1)
@@ -45,25 +42,9 @@ def global_batch() -> dict:
     return {"images": images, "images2": (images + 0.1 * torch.randn(images.shape, generator=g)).clamp(0, 1)}
 
 
-def rank_rows(batch: dict, rank: int, world_size: int) -> dict:
-    """Rank r's rows r, r + W, ... (the sampler's rule)."""
-    return {k: v[rank::world_size] for k, v in batch.items()}
-
-
 def run(model_name: str, parallel: str, info, out: Path) -> None:
-    impl = ImplConfig(device="cpu", parallel=parallel, progress=False)
     objective, module = build_module(model_name)
-    model = parallelize(module, impl, info.device)
-    result = call_objective(model, objective, rank_rows(global_batch(), info.rank, info.world_size))
-    result["loss"].backward()
-    loss = result["loss"].detach().clone()
-    dist.all_reduce(loss)
-    grads = {name: full_tensor(p.grad).detach().cpu().contiguous()
-             for name, p in unwrap(model).named_parameters() if p.grad is not None}
-    if info.is_main:
-        save_file({**grads, "__loss__": (loss / info.world_size).reshape(1)}, str(out))
-    del model, result
-    gc.collect()
+    save_one_step(objective, module, global_batch(), parallel, info, out)
 
 
 def main():
@@ -75,10 +56,7 @@ def main():
         for model_name in CONFIGS:
             run(model_name, parallel, info, out_dir / f"{parallel}-{model_name}.safetensors")
 
-    def own_part_only(ctx, grad):  # what a gather without the sum over ranks would send back
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
-
-    gather._GatherRows.backward = staticmethod(own_part_only)
+    without_sum_over_ranks()
     run("vit", "ddp", info, out_dir / "naive.safetensors")
     shutdown_distributed()
 

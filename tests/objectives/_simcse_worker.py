@@ -11,21 +11,18 @@ It also writes the gradients of a gather whose backward keeps only this rank's o
 Dropout is 0 (objective.dropout), so one process and two draw the same views.
 """
 
-import gc
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 
 from pretrainer.config import ImplConfig, ObjectiveConfig
-from pretrainer.io import unwrap
 from pretrainer.models.encoder import BertConfig, BertModel
-from pretrainer.objectives import gather
 from pretrainer.registry import OBJECTIVES
-from pretrainer.training.distributed import (call_objective, full_tensor, init_distributed,
-                                             parallelize, shutdown_distributed)
+from pretrainer.training.distributed import init_distributed, shutdown_distributed
+
+from _gather_step import save_one_step, without_sum_over_ranks
 
 VOCAB, SEQ, GLOBAL_BATCH = 40, 10, 8
 PAD, CLS, SEP = 0, 2, 3
@@ -53,25 +50,9 @@ def global_batch() -> dict:
     return {"input_ids": ids, "attention_mask": attention, "special_tokens_mask": ids < 5}
 
 
-def rank_rows(batch: dict, rank: int, world_size: int) -> dict:
-    """Rank r's rows r, r + W, ... (the sampler's rule)."""
-    return {k: v[rank::world_size] for k, v in batch.items()}
-
-
 def run(pooling: str, parallel: str, info, out: Path) -> None:
-    impl = ImplConfig(device="cpu", parallel=parallel, progress=False)
     objective, module = build_module(pooling)
-    model = parallelize(module, impl, info.device)
-    result = call_objective(model, objective, rank_rows(global_batch(), info.rank, info.world_size))
-    result["loss"].backward()
-    loss = result["loss"].detach().clone()
-    dist.all_reduce(loss)
-    grads = {name: full_tensor(p.grad).detach().cpu().contiguous()
-             for name, p in unwrap(model).named_parameters() if p.grad is not None}
-    if info.is_main:
-        save_file({**grads, "__loss__": (loss / info.world_size).reshape(1)}, str(out))
-    del model, result
-    gc.collect()
+    save_one_step(objective, module, global_batch(), parallel, info, out)
 
 
 def main():
@@ -83,10 +64,7 @@ def main():
         for pooling in ("cls_mlp", "mean"):
             run(pooling, parallel, info, out_dir / f"{parallel}-{pooling}.safetensors")
 
-    def own_part_only(ctx, grad):  # what a gather without the sum over ranks would send back
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
-
-    gather._GatherRows.backward = staticmethod(own_part_only)
+    without_sum_over_ranks()
     run("mean", "ddp", info, out_dir / "naive.safetensors")
     shutdown_distributed()
 
