@@ -36,6 +36,7 @@ EVAL_SEED = 5678  # held-out noise is drawn the same way at every evaluation
 @OBJECTIVES.register("autoencoder")
 class Autoencoder(PretrainingObjective):
     batch_layout = "images"
+    modality = "image"
 
     def __init__(self, cfg: ObjectiveConfig, data: DataInfo | None = None):
         super().__init__(cfg, data)

@@ -114,8 +114,9 @@ class Progress:
 
     def __init__(self, *, total_steps: int | None, budget_s: float | None, start_step: int,
                  enabled: bool = True, bar: bool = True, log_every: int = 10,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, unit: str = "tok"):
         self.total_steps = total_steps
+        self.unit = unit  # what the objective's n_tokens counts: "tok" for text, "img" for images
         self.budget_s = budget_s
         self.log_every = max(1, log_every)
         self.log = log
@@ -152,11 +153,11 @@ class Progress:
         tok_s = f"{tokens_per_s:,.0f}" if tokens_per_s is not None else "?"
         if self._bar is not None:
             self._bar.n = min(elapsed, self.budget_s) if self.budget_s else step
-            self._bar.set_description_str(f"step {step} loss {loss} lr {lr:.2e} {tok_s} tok/s eta {eta}",
+            self._bar.set_description_str(f"step {step} loss {loss} lr {lr:.2e} {tok_s} {self.unit}/s eta {eta}",
                                           refresh=True)
         elif step % self.log_every == 0:
             where = f"{step}" if self.budget_s else f"{step}/{self.total_steps}"
-            self.log(f"step {where}  loss {loss}  lr {lr:.2e}  {tok_s} tok/s  "
+            self.log(f"step {where}  loss {loss}  lr {lr:.2e}  {tok_s} {self.unit}/s  "
                      f"elapsed {_format_seconds(elapsed)}  eta {eta}")
 
     def message(self, text: str) -> None:

@@ -320,7 +320,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     run_model = torch.compile(model) if impl_cfg.compile else model
     logger = MetricsLogger(run_dir, enabled=main, resume_step=step if resume else None)
     progress = Progress(total_steps=total_steps, budget_s=budget_s, start_step=step, enabled=main,
-                        bar=impl_cfg.progress, log_every=train_cfg.log_every, log=log)
+                        bar=impl_cfg.progress, log_every=train_cfg.log_every, log=log,
+                        unit="img" if getattr(objective, "modality", "text") == "image" else "tok")
     eval_history: list[dict] = []
     set_progress = getattr(objective, "set_progress", None)
     last_train: dict = {}
