@@ -32,16 +32,9 @@ __all__ = ["BagOfEmbeddings", "BoEConfig", "BertConfig", "BertModel", "DenseNetw
 
 
 def model_modality(model) -> str:
-    """What a model (a module, its class, or a module wrapped around a backbone) reads: "image" for
-    the image backbones (their config has `image_size`), else "text" (token ids). A class may say
-    so itself with a `modality` attribute."""
-    model = getattr(model, "backbone", model)
-    declared = getattr(model, "modality", None)
-    if isinstance(declared, str):
-        return declared
-    config_class = getattr(model, "config_class", None) or type(getattr(model, "config", None))
-    fields = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
-    return "image" if "image_size" in fields else "text"
+    """What a model (a module, its class, or a module wrapped around a backbone) reads: its class's
+    `modality` ("image" for the image backbones), else "text" (token ids)."""
+    return getattr(getattr(model, "backbone", model), "modality", "text")
 
 
 def build_model(cfg: ModelConfig, data: DataInfo | int) -> nn.Module:

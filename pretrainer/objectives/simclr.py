@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data_info import DataInfo
+from pretrainer.models import model_modality
 from pretrainer.objectives.base import PretrainingObjective
 from pretrainer.objectives.gather import gather_rows
 from pretrainer.objectives.heads import PretrainingModel
@@ -56,7 +57,7 @@ class SimCLR(PretrainingObjective):
         self.temperature = cfg.temperature
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
-        if getattr(backbone, "modality", "text") != "image":
+        if model_modality(backbone) != "image":
             return (f"SimCLR compares augmented views of images; model {backbone.config.name!r} reads token ids "
                     f"(use an image model, e.g. model.name = \"vit\"; SimCSE is the sentence counterpart)")
         return None
