@@ -202,14 +202,16 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
         raise PretrainerError(f"{path}: weights do not fit this model: {detail[:300]}") from None
 
 
-def save_weights(model: nn.Module | dict, path: str | os.PathLike) -> None:
-    """Write the unwrapped model's weights (or a full state dict) to `path` atomically."""
+def save_weights(model: nn.Module | dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write the unwrapped model's weights (or a full state dict) to `path` atomically, with
+    optional string `metadata` stored in the same file (so weights and facts about them can never
+    disagree after a crash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, aliases = model_tensors(model)
     tmp = _tmp_name(path)
     try:
-        write_safetensors(tmp, tensors, {"format": "pt", TIED_KEY: json.dumps(aliases)})
+        write_safetensors(tmp, tensors, {**(metadata or {}), "format": "pt", TIED_KEY: json.dumps(aliases)})
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -278,7 +278,6 @@ def lstm_run(tmp_path_factory):
 
 def test_ulmfit_recipe_fine_tunes_and_resumes_exactly(lstm_run, monkeypatch, crash_after):
     root, overrides = lstm_run
-    overrides = overrides + ["--finetune.keep_best=false"]  # the best weights so far are not in a checkpoint
     lines = []
     whole = finetune(load_config(None, overrides + [f'--finetune.dir="{root / "whole"}"']), log=lines.append)
     assert whole["steps"] == 8 and 0 <= whole["dev"]["accuracy"] <= 1

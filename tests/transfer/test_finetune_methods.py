@@ -97,6 +97,30 @@ def test_best_weights_restores_the_best_evaluation_and_counts_patience(make_mode
         assert torch.equal(v, snapshots[1][k])
 
 
+def test_best_weights_survive_a_resume_through_the_run_directory(make_model, tmp_path):
+    model = _classifier(make_model)
+    path = tmp_path / "best.safetensors"
+    before = BestWeights(metric="accuracy", path=path)
+    evaluate = before.wrap(lambda m: iter_scores.pop(0))
+    iter_scores = [{"accuracy": 0.5}, {"accuracy": 0.8}]
+    for _ in range(2):
+        _train(model, steps=1)
+        evaluate(model)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    # The process dies here; the resumed one trains on and scores lower, yet keeps the 0.8 weights.
+    after = BestWeights(metric="accuracy", path=path, resume=True)
+    assert after.score == 0.8
+    _train(model, steps=1)
+    after.wrap(lambda m: {"accuracy": 0.7})(model)
+    assert after.restore(model) and after.evaluation == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best_state[k])
+    fresh = BestWeights(metric="accuracy", path=path, resume=False)  # a new run ignores an old file
+    assert fresh.score is None
+    after.discard()
+    assert not path.exists()
+
+
 def test_logistic_regression_separates_separable_features():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (90,), generator=g)
