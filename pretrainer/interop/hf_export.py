@@ -242,7 +242,22 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, architectu
     if architecture is None and family is not None:
         architecture = choose_architecture(family, head_kind(model), _trained_parts(run_dir, family, model))
     labels = run_label_names(run_dir)
+    if architecture is not None and architecture.endswith("ForSequenceClassification"):
+        _refuse_long_document_encoding(run_dir, architecture)
     return save_hf(model, tokenizer, out_dir, architecture, labels=labels, overwrite=overwrite)
+
+
+def _refuse_long_document_encoding(run_dir: Path, architecture: str) -> None:
+    """A classifier trained on head+tail or chunk-pooled encodings would be read by Hugging Face on the
+    first max_len pieces only: different inputs, silently different predictions on long texts."""
+    results = run_dir / "results.json"
+    encoded = read_json(results).get("encoded", {}) if results.is_file() else {}
+    truncation, chunks = encoded.get("truncation", "head"), encoded.get("chunk_pooling", "none")
+    if truncation != "head" or chunks != "none":
+        how = f"chunk_pooling = {chunks!r}" if chunks != "none" else f"truncation = {truncation!r}"
+        raise PretrainerError(f"{run_dir}: this classifier was trained with finetune.{how}, which {architecture} "
+                              f"cannot express (it reads the first pieces only); export the encoder with "
+                              f"--architecture BertModel, or predict with `pretrainer predict {run_dir}`")
 
 
 def _trained_parts(run_dir: Path, family: HFFamily, model: nn.Module) -> frozenset | None:

@@ -315,6 +315,22 @@ def test_export_classifier_run(tiny_config, wordpiece, tmp_path):
         save_hf(model, wordpiece, tmp_path / "mean")
 
 
+@pytest.mark.parametrize("encoded, refused", [({"truncation": "head_tail", "chunk_pooling": "none"}, "truncation"),
+                                              ({"truncation": "head", "chunk_pooling": "mean"}, "chunk_pooling"),
+                                              ({"truncation": "head", "chunk_pooling": "none"}, None)])
+def test_a_classifier_trained_on_long_document_encodings_exports_only_its_encoder(
+        encoded, refused, tiny_config, wordpiece, tmp_path):
+    model = SequenceClassifier(tiny_bert(tiny_config, wordpiece).backbone, num_labels=2, pooling="cls").eval()
+    run = write_run(tmp_path / "run", model, wordpiece, results={"labels": ["a", "b"], "encoded": encoded})
+    if refused:  # Hugging Face would read the first pieces only: silently other predictions
+        with pytest.raises(PretrainerError, match=f"finetune.{refused}"):
+            export_hf(run, tmp_path / "hf")
+    else:
+        export_hf(run, tmp_path / "hf")
+    _, report = hf_load(transformers.AutoModel, export_hf(run, tmp_path / "base", architecture="BertModel"))
+    assert report == {}
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_export_gpt_run(tied, tiny_config, bytebpe, tmp_path):
     torch.manual_seed(0)
