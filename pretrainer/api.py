@@ -85,7 +85,7 @@ def _pretrain(cfg: Config, resume: bool, log, info):
             raise PretrainerError(f"config key 'model.init_embeddings' starts a word-embedding table; model.name = "
                                   f"{cfg.model.name!r} reads images")
         if cfg.model.init_embeddings:  # a word-vector run of this width (and tokenizer, when given)
-            check_init_embeddings(cfg.model.init_embeddings, planned.d_model, cfg.tokenizer.path)
+            check_init_embeddings(cfg.model.init_embeddings, planned, cfg.tokenizer.path)
     cfg = OBJECTIVES.get(cfg.objective.name).configure(cfg)  # distill: the teacher's tokenizer
     if resume:
         check_resume(run_dir, cfg, tuple(k for k in PRETRAINING_KEYS if not (k == "model" and cfg.run.init)),

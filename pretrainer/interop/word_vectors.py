@@ -51,11 +51,17 @@ def word_vector_shape(run_dir: str) -> tuple[int, int]:
     return tuple(table.weight.shape)
 
 
-def check_sizes(run_dir: str, vectors: tuple[int, int], table: tuple[int, int]) -> None:
-    """One-line refusals when the word vectors do not fit the model's table (V, C)."""
+def width_key(model_config) -> str:
+    """The config key that sets a model's word-embedding width (recurrent models name it d_embed)."""
+    return "model.d_embed" if hasattr(model_config, "d_embed") else "model.d_model"
+
+
+def check_sizes(run_dir: str, vectors: tuple[int, int], table: tuple[int, int], width: str = "model.d_model") -> None:
+    """One-line refusals when the word vectors do not fit the model's table (V, C); `width` names the
+    key that sets C."""
     if vectors[1] != table[1]:
         raise _refuse(run_dir, f"its vectors are {vectors[1]} wide but this model's word embeddings are "
-                               f"{table[1]} (model.d_model); train the word vectors with that width")
+                               f"{table[1]} ({width}); train the word vectors with that width")
     if vectors[0] != table[0]:
         raise _refuse(run_dir, f"it has {vectors[0]:,} word vectors but this model's table has {table[0]:,} rows "
                                f"(model.vocab_size); leave model.vocab_size = 0 to size it by the tokenizer")
@@ -73,12 +79,13 @@ def check_tokenizer(run_dir: str, theirs: TextTokenizer, ours: TextTokenizer) ->
                            f"\"{Path(run_dir) / 'tokenizer.json'}\" so both runs read text alike")
 
 
-def check_init_embeddings(run_dir: str, model_width: int, tokenizer_path: str = "") -> None:
-    """What can be checked before the data is prepared: a word-vector run of the model's width,
-    and, when tokenizer.path names the tokenizer, the same vocabulary."""
+def check_init_embeddings(run_dir: str, backbone: nn.Module, tokenizer_path: str = "") -> None:
+    """What can be checked before the data is prepared: a word-vector run as wide as the (planned)
+    backbone's word-embedding table, and, when tokenizer.path names the tokenizer, the same vocabulary."""
     pieces, width = word_vector_shape(run_dir)
+    model_width = word_embeddings(backbone).embedding_dim  # not d_model: an ELMo's features are twice it
     if width != model_width:
-        check_sizes(run_dir, (pieces, width), (pieces, model_width))
+        check_sizes(run_dir, (pieces, width), (pieces, model_width), width_key(backbone.config))
     if tokenizer_path:
         check_tokenizer(run_dir, load_tokenizer(run_dir), load_tokenizer(tokenizer_path))
 
@@ -90,7 +97,7 @@ def init_embeddings(backbone: nn.Module, run_dir: str, tokenizer: TextTokenizer)
     module, theirs = load_run(run_dir)
     check_tokenizer(run_dir, theirs, tokenizer)  # first: another vocabulary is the cause of other sizes
     target = word_embeddings(backbone).weight  # (V, C); the tied output matrix too
-    check_sizes(run_dir, pieces_width, tuple(target.shape))
+    check_sizes(run_dir, pieces_width, tuple(target.shape), width_key(backbone.config))
     vectors = getattr(module, "backbone", module).word_vector_table.weight.detach()
     rows = torch.ones(len(vectors), dtype=torch.bool)
     rows[tokenizer.special_ids] = False

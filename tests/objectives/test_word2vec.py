@@ -232,6 +232,26 @@ def test_init_embeddings_refuses_other_sizes_and_runs(vectors_run, tmp_path):
     assert not any((tmp_path / name).exists() for name in "wvxy")
 
 
+def test_an_elmo_starts_from_word_vectors_of_its_embedding_width(vectors_run, tmp_path):
+    """The width checked is the table's (d_embed), not d_model (an ELMo's features are twice it)."""
+    def elmo(run_dir, d_embed):
+        return load_config(None, [
+            f'--run.dir="{run_dir}"', f'--data.train="{vectors_run / "corpus.txt"}"',
+            f'--data.cache_dir="{vectors_run / "cache"}"', "--data.holdout=0.1",
+            f'--tokenizer.path="{vectors_run / "vectors" / "tokenizer.json"}"', "--model.name=elmo",
+            f"--model.d_embed={d_embed}", "--model.hidden=24", "--model.n_layers=1", "--objective.name=bilm",
+            f'--model.init_embeddings="{vectors_run / "vectors"}"', "--train.batch_size=4", "--train.seq_len=16",
+            "--train.max_steps=1", "--train.lr=0", "--train.eval_every=0", "--impl.progress=false"])
+
+    api.pretrain(elmo(tmp_path / "elmo", 16), **QUIET)
+    module, _ = load_run(tmp_path / "elmo")
+    vectors, _ = load_run(vectors_run / "vectors")
+    source, table = vectors.backbone.word_vector_table.weight, module.backbone.embeddings.word_embeddings.weight
+    assert torch.corrcoef(torch.stack([source[10:].flatten(), table[10:].flatten()]))[0, 1] > 0.999
+    with pytest.raises(PretrainerError, match=r"16 wide .* 20 \(model.d_embed\)"):
+        api.pretrain(elmo(tmp_path / "wide", 20), **QUIET)
+
+
 # ---------------------------------------------------------------- the bag-of-embeddings classifier
 
 
