@@ -63,6 +63,13 @@ class ReplacedTokenDetection(MaskedLM):
         if self.cfg.unigram_bias and "generator" in module.head_names:
             self.set_unigram_bias(module.generator.head.bias, data)
 
+    def sample_replacements(self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            generator: torch.Generator | None) -> torch.Tensor:
+        """One token per chosen position (N,), drawn from the generator's prediction (N, V). A
+        method of its own so a test can swap the generator for a fixed corruption."""
+        probs = torch.softmax(F.linear(features, weight, bias).float(), dim=-1)  # (N, V)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
     def terms(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
         """Both losses on one batch, with the counts the metrics are made of. Randomness (masking
         and sampling) comes from `generator`, or torch's global RNG, which checkpoints save."""
@@ -80,8 +87,7 @@ class ReplacedTokenDetection(MaskedLM):
         if targets.numel():
             # No gradient flows through the sample: the generator learns from its MLM loss only.
             with torch.no_grad():
-                probs = torch.softmax(F.linear(features, weight, bias).float(), dim=-1)  # (N, V)
-                corrupted[chosen] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                corrupted[chosen] = self.sample_replacements(features, weight, bias, generator)
         replaced = corrupted != original  # a sample equal to the original counts as original
 
         real = ~batch["special_tokens_mask"].bool()  # (B, T): no [CLS], [SEP] or padding

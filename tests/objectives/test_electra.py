@@ -3,6 +3,7 @@ embeddings, the loss against a hand computation, which tokens are judged, config
 Hugging Face export of the discriminator)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -197,3 +198,81 @@ def test_in_a_mixture_with_mlm_every_head_shares_the_one_embedding(tokenizer, ma
     out = mixture(module.train(), {f"{name}/{k}": v for name in ("mlm", "electra") for k, v in batch.items()})
     out["loss"].backward()
     assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+RARE = VOCAB - 1  # a token the corpus below never holds
+
+
+class FixedCorruption(ReplacedTokenDetection):
+    """Every chosen position gets RARE: replacements anyone could spot, so a discriminator that
+    is wired right must learn them in a few dozen steps."""
+
+    def sample_replacements(self, features, weight, bias, generator):
+        return torch.full((features.shape[0],), RARE, dtype=torch.long)
+
+
+def rare_free_batch(g: torch.Generator, rows: int = 16, length: int = 20) -> dict:
+    ids = torch.randint(4, RARE, (rows, length), generator=g)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    special = (ids == CLS) | (ids == SEP)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "special_tokens_mask": special}
+
+
+def bernoulli_entropy(p: float) -> float:
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def test_discriminator_learns_trivially_detectable_replacements(tokenizer, make_model):
+    # The shipped regime (rtd_weight 50, lr 1e-3, 80/10/10 masking) on replacements a
+    # discriminator cannot miss: its held-out loss must fall far below the prior's entropy,
+    # which is where a discriminator that learns nothing (always "original") sits.
+    torch.manual_seed(0)
+    objective = FixedCorruption(ObjectiveConfig(name="electra", rtd_weight=50.0), tokenizer)
+    module = objective.build(make_model("bert")).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        optimizer.zero_grad()
+        objective(module, rare_free_batch(g))["loss"].backward()
+        optimizer.step()
+    held_out = [rare_free_batch(torch.Generator().manual_seed(100 + i)) for i in range(4)]
+    metrics = objective.evaluate(module, held_out)
+    prior = bernoulli_entropy(metrics["replaced"])
+    assert 0.05 < metrics["replaced"] < 0.3
+    assert metrics["rtd_loss"] < 0.5 * prior
+    assert metrics["rtd_acc"] > 1 - metrics["replaced"] / 3  # past always answering "original"
+
+
+def test_detection_gradient_reaches_the_logits_with_labels_of_the_corrupted_input(tokenizer, make_model):
+    # The discriminator must read the corrupted ids, and its labels must say where they differ
+    # from the original: d(loss)/d(logit) = w (sigmoid(z) - y) / M recovers each label y.
+    objective = FixedCorruption(ObjectiveConfig(name="electra", rtd_weight=7.0), tokenizer)
+    module = objective.build(make_model("bert")).train()
+    batch = rare_free_batch(torch.Generator().manual_seed(1))
+    seen = {}
+
+    def keep_input(m, args, out):
+        seen["ids"] = args[0]
+
+    module.backbone.register_forward_hook(keep_input)
+
+    def keep_logit_grad(m, args, out):
+        seen["z"] = out
+        out.register_hook(lambda grad: seen.update(grad=grad))
+
+    module.rtd_head.register_forward_hook(keep_logit_grad)
+    torch.manual_seed(3)
+    out = objective(module, batch)
+    out["loss"].backward()
+    real = ~batch["special_tokens_mask"]
+    corrupted = seen["ids"]  # what the discriminator read (the generator calls the embeddings, not the backbone)
+    assert corrupted.shape == batch["input_ids"].shape
+    assert not torch.equal(corrupted, batch["input_ids"])
+    z, grad = seen["z"].squeeze(-1).detach(), seen["grad"].squeeze(-1)
+    assert grad.abs().min() > 0  # every judged token's logit gets gradient, none detached or scaled away
+    m = int(real.sum())
+    labels = torch.sigmoid(z) - grad * m / 7.0
+    torch.testing.assert_close(labels, labels.round(), atol=1e-4, rtol=0)
+    assert torch.equal(labels.round().bool(), (corrupted != batch["input_ids"])[real])
+    assert torch.equal((corrupted != batch["input_ids"])[real], (corrupted == RARE)[real])
+    assert float(out["replaced"]) == pytest.approx(float((corrupted == RARE)[real].float().mean()))
