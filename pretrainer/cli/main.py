@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predictions for a txt/jsonl/csv file as JSON lines (labels, tags, text "
                                         "or vectors), from an fp32, pruned, int8 or ONNX run")
     pr.add_argument("run_dir")
-    pr.add_argument("input", help="txt (one text per line), jsonl or csv/tsv with a text column")
+    pr.add_argument("input", help="txt (one text per line), jsonl or csv/tsv with a text column; for an image run "
+                                   "an .npz (file.npz#test), an IDX file or folder, or an image folder")
     pr.add_argument("--output", default="-", help="write the JSON lines here (default: stdout)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--format", default="auto", choices=["auto", "txt", "jsonl", "csv", "tsv"])
