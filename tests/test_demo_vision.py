@@ -44,6 +44,16 @@ def test_vision_demo_runs_end_to_end_and_predicts(tmp_path, capsys, monkeypatch)
     assert answers[0]["id"].endswith("[x_test][0]") and set(answers[0]["probabilities"]) == {str(i) for i in range(10)}
     assert answers[0]["label"] == max(answers[0]["probabilities"], key=answers[0]["probabilities"].get)
     assert abs(sum(answers[0]["probabilities"].values()) - 1) < 1e-4
+    # An image folder: each file converted to the run's 8 x 8 grayscale, its path the id.
+    from PIL import Image
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    with np.load(npz) as d:
+        Image.fromarray(np.repeat(d["x_test"][0][..., None], 3, axis=2)).resize((16, 16)).save(folder / "a.png")
+        Image.fromarray(d["x_test"][1]).save(folder / "b.png")
+    assert main(["predict", str(out / "finetune" / "simclr-full-1"), str(folder)]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["id"] for a in answers] == [str(folder / "a.png"), str(folder / "b.png")]
     # The pre-training run is an encoder: its pooled features, one vector per image.
     vectors = out / "vectors.jsonl"
     assert main(["predict", str(out / "pretrain"), str(npz), "--output", str(vectors)]) == 0
