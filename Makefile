@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lint test test-dist test-extra test-faults test-all install clean
+.PHONY: demo demo-vision fashion-mnist lint test test-dist test-extra test-faults test-all install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/pretrainer demo
+
+# The image demo: scikit-learn's bundled 8x8 digits (in the wheel the test extra installs), SimCLR vs scratch.
+demo-vision: $(STAMP)
+	$(VENV)/bin/pretrainer demo vision
+
+# Fashion-MNIST's IDX files into data/fashion-mnist (the fmnist configs read it): linked from the Debian
+# package dataset-fashion-mnist where installed, else apt-get download + dpkg -x; SHA-256 checked.
+fashion-mnist: $(STAMP)
+	$(VENV)/bin/pretrainer data fashion-mnist --dir data/fashion-mnist
 
 # The layer contract (.importlinter) is checked before the tests: a wrong-way import fails fast.
 lint: $(STAMP)

@@ -12,6 +12,13 @@ A record's "id" field, when it has one, is copied to its output line. A classifi
 texts as its run was trained and evaluated (finetune.truncation, or chunks pooled per document:
 finetune.chunk_pooling, from the run's config.toml), through the same encoding code.
 
+An image run (its folder holds image_processor.json) reads images instead: an .npz (`file.npz#test`
+picks x_test as fine-tuning does), an IDX file or folder, or an image folder (flat or one
+sub-folder per class; the class names are not read), each image converted to the run's size and
+channels; a line answers each image, its "id" the file (or `file.npz[x_test][i]`):
+  image classifier  {"id": ..., "label": "7", "probabilities": {...}}
+  image encoder     {"id": ..., "vector": [...]}  (the backbone's pooled features)
+
 Inputs: txt (one text per line), jsonl or csv/tsv with a text column (and optionally a
 second text of a pair); a tagger reads whitespace-separated words, or a jsonl "tokens" list.
 Records are read, encoded and predicted in batches as the file streams, with a progress bar
@@ -31,11 +38,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrainer.compression.inference import InferenceGraph
+from pretrainer.compression.inference import InferenceGraph, backbone_of, model_kind
 from pretrainer.compression.onnx import OnnxModel
 from pretrainer.compression.quantize import INT8_FORMAT, load_int8
 from pretrainer.config import load_config
 from pretrainer.data.conll import encode_words
+from pretrainer.data.image_files import read_images
+from pretrainer.data.image_processor import ImageProcessor, has_processor
+from pretrainer.data.labeled_images import split_spec
 from pretrainer.data.labeled import EncodedDataset
 from pretrainer.data.long_documents import ChunkedDataset, LongDocuments, encode_texts
 from pretrainer.data.readers import read_records, record_text
@@ -318,6 +328,8 @@ def predict_file(run_dir: str | os.PathLike, input_path: str | os.PathLike, outp
     number of records. `options` go to `load_predictor` (threads, max_len, pooling, ...)."""
     if batch_size < 1:
         raise PretrainerError(f"--batch-size must be >= 1, got {batch_size}")
+    if has_processor(run_dir):
+        return predict_images(run_dir, input_path, output, batch_size, pooling=options.get("pooling", "mean"))
     if not Path(input_path).is_file():
         raise PretrainerError(f"{input_path}: file not found")
     predictor = load_predictor(run_dir, **options)
@@ -353,3 +365,52 @@ def predict_file(run_dir: str | os.PathLike, input_path: str | os.PathLike, outp
         if bar is not None:
             bar.close()
     return n
+
+
+# ---------------------------------------------------------------- image runs
+
+
+def predict_images(run_dir: str | os.PathLike, source: str | os.PathLike, output: str | os.PathLike = "-",
+                   batch_size: int = 32, pooling: str = "mean") -> int:
+    """One JSON line per image of `source` (npz[#split], IDX, image folder) from an image run:
+    label + probabilities from a classifier, the pooled features from any other run."""
+    path, images_key, _ = split_spec(str(source))
+    model, processor = load_run(run_dir)
+    if not isinstance(processor, ImageProcessor):
+        raise PretrainerError(f"{run_dir}: not an image run")
+    found = read_images(path, images_key, channels=processor.channels, size=processor.image_size)
+    model.eval()
+    kind = model_kind(model)
+    labels = run_label_names(run_dir) if kind == "classifier" else None
+    to_stdout = str(output) == "-"
+    out_path = Path(output)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    sink: TextIO = sys.stdout if to_stdout else open(tmp, "w", encoding="utf-8")
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(found), batch_size):
+                images = ImageProcessor.to_float(found.images[start:start + batch_size])
+                ids = [found.where(i) for i in range(start, start + len(images))]
+                sink.write("".join(json.dumps(o, ensure_ascii=False) + "\n"
+                                   for o in _image_outputs(model, kind, images, ids, labels, pooling)))
+        if not to_stdout:
+            sink.close()
+            os.replace(tmp, out_path)
+    except BaseException:
+        if not to_stdout:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    return len(found)
+
+
+def _image_outputs(model: nn.Module, kind: str, images: torch.Tensor, ids: list[str], labels: list[str] | None,
+                   pooling: str) -> list[dict]:
+    if kind == "classifier":
+        probs = torch.softmax(model({"images": images}).float(), dim=-1).tolist()
+        names = labels or [f"LABEL_{i}" for i in range(len(probs[0]))]
+        return [{"id": i, "label": names[int(np.argmax(p))],
+                 "probabilities": {name: round(v, 6) for name, v in zip(names, p)}} for i, p in zip(ids, probs)]
+    backbone = backbone_of(model)
+    vectors = backbone.pooled(backbone(images), None, pooling)
+    return [{"id": i, "vector": [round(v, 6) for v in row]} for i, row in zip(ids, vectors.float().tolist())]

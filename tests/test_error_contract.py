@@ -84,6 +84,9 @@ progress = false
                 (root / folder / name).write_bytes(content)
             else:
                 content.save(root / folder / name)
+    # An IDX images file cut short (a damaged Fashion-MNIST download): header says 20 images of 8 x 8.
+    (root / "cut-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 20, 0, 0, 0, 8, 0, 0, 0, 8])
+                                                 + images[:5].tobytes())
 
 
 def _config(root: Path, run: str, model: str, objective: str = "mlm") -> str:
@@ -321,6 +324,12 @@ IMAGE_CASES = [
                                         "--model.image_size=8", "--model.channels=1", "--finetune.dir={world}/fresh",
                                         "--finetune.data.train={world}/images.npz#test"),
          ("images.npz", "x_test", "labels")),
+    Case("prepare:idx-truncated", ("prepare", "{world}/images.toml", '--data.train=["{world}/cut-images-idx3-ubyte"]'),
+         ("cut-images-idx3-ubyte", "truncated")),
+    Case("finetune:idx-labels-missing", ("finetune", "{world}/images.toml", "--finetune.task=image_classification",
+                                         "--model.image_size=8", "--model.channels=1", "--finetune.dir={world}/fresh",
+                                         "--finetune.data.train={world}/cut-images-idx3-ubyte"),
+         ("cut-images-idx3-ubyte", "cut-labels-idx1-ubyte")),
 ]
 
 CASES = _config_cases() + RUN_CASES + IMAGE_CASES

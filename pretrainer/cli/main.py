@@ -71,8 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hugging Face class to export as (default: what the run trained, e.g. BertForMaskedLM)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
-    d = sub.add_parser("demo", help="end-to-end demo on real data fetched with pip: pre-train, fine-tune, compare")
-    d.add_argument("--dir", default="runs/demo", help="where the demo writes its run directories")
+    d = sub.add_parser("demo", help="end-to-end demo on real data fetched with pip: pre-train, fine-tune, compare "
+                                    "(`demo vision`: the image demo on scikit-learn's digits)")
+    d.add_argument("which", nargs="?", default="text", choices=["text", "vision"],
+                   help="text (default): BERT on Rotten Tomatoes; vision: a small CNN on 8x8 digits")
+    d.add_argument("--dir", default=None, help="where the demo writes its run directories (default runs/demo, "
+                                               "runs/demo-vision)")
+
+    da = sub.add_parser("data", help="fetch a data set into a folder the readers take as it is")
+    da.add_argument("dataset", choices=["fashion-mnist"],
+                    help="fashion-mnist: the Debian package dataset-fashion-mnist's IDX files, SHA-256 checked")
+    da.add_argument("--dir", default="data/fashion-mnist", help="the folder to fill (default data/fashion-mnist)")
 
     _config_command("prune", "remove the least important attention heads, MLP neurons and layers of a fine-tuned "
                              "run, then recover by fine-tuning (the [prune] section)")(sub)
@@ -81,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predictions for a txt/jsonl/csv file as JSON lines (labels, tags, text "
                                         "or vectors), from an fp32, pruned, int8 or ONNX run")
     pr.add_argument("run_dir")
-    pr.add_argument("input", help="txt (one text per line), jsonl or csv/tsv with a text column")
+    pr.add_argument("input", help="txt (one text per line), jsonl or csv/tsv with a text column; for an image run "
+                                   "an .npz (file.npz#test), an IDX file or folder, or an image folder")
     pr.add_argument("--output", default="-", help="write the JSON lines here (default: stdout)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--format", default="auto", choices=["auto", "txt", "jsonl", "csv", "tsv"])
@@ -152,9 +162,19 @@ def _run(args, overrides: list[str]) -> int:
     from pretrainer.config import dump_toml, help_text, load_config, to_dict
 
     if args.command == "demo":
-        from pretrainer.cli.demo import demo
+        if args.which == "vision":
+            from pretrainer.cli.demo_vision import demo_vision
 
-        demo(args.dir)
+            demo_vision(args.dir or "runs/demo-vision")
+        else:
+            from pretrainer.cli.demo import demo
+
+            demo(args.dir or "runs/demo")
+        return 0
+    if args.command == "data":
+        from pretrainer.data.fashion_mnist import fetch_fashion_mnist
+
+        fetch_fashion_mnist(args.dir)
         return 0
     if args.command == "generate":
         for text in api.generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,

@@ -34,3 +34,23 @@ DEMO_WORD_VECTORS = {
               "schedule": "linear", "min_lr_ratio": 0.004, "weight_decay": 0.0, "eval_every": 0,
               "save_every": 0, "log_every": 50},
 }
+
+# `pretrainer demo vision`: scikit-learn's bundled 8 x 8 digits (no download), a small ResNet
+# pre-trained with SimCLR on the training images without labels, then fine-tuned / probed at a few
+# labels against the same ResNet from scratch. Sized to finish in a few minutes on 2 CPU cores.
+# The data keys name files the demo writes (digits.npz); pretrainer/cli/demo_vision.py fills them in.
+VISION_DEMO = {
+    "data": {"name": "images", "holdout": 0.05, "crop_scale": [0.6, 1.0], "rotate": 10.0},
+    "model": {"name": "resnet", "widths": [32, 64], "blocks": [1, 1], "stem_stride": 1},
+    "objective": {"name": "simclr", "temperature": 0.2, "projection_dim": 64},
+    "train": {"batch_size": 128, "max_steps": 300, "lr": 2e-3, "weight_decay": 1e-4, "warmup": 0.05,
+              "schedule": "cosine", "eval_every": 0, "save_every": 200, "eval_batches": 2, "log_every": 50},
+    "finetune": {
+        "task": "image_classification",
+        "pooling": "mean",
+        "keep_best": False,  # no dev split: the held-out digits are a test set only
+        # 3 labels a class is 30 images, one batch: min_steps gives small subsets 150 updates.
+        "train": {"batch_size": 32, "epochs": 4.0, "min_steps": 150, "lr": 1e-3, "warmup": 0.1,
+                  "schedule": "linear", "weight_decay": 0.01},
+    },
+}

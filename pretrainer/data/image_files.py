@@ -4,6 +4,8 @@ Sources:
 - an `.npz` file: an images array (N, H, W) grayscale or (N, H, W, C) with C in {1, 3, 4},
   uint8; which key is read is chosen by the caller (`data.images_key`; default the first of
   `x_train` / `images` present), and labels come from a second key for labeled use;
+- IDX files (MNIST / Fashion-MNIST, data/idx.py): an `*-images-idx3-ubyte[.gz]` file (labels from
+  its `-labels-idx1-` sibling), or a folder of the four (split x_train / x_test by images key);
 - an image folder (Pillow): a flat folder of images, or one sub-folder per class (the
   sub-folder's name is the label). Files whose extension is not an image's are passed over and
   counted; hidden files are ignored.
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pretrainer.data.idx import is_idx_file, is_idx_folder, read_idx_split
 from pretrainer.errors import PretrainerError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -63,7 +66,9 @@ def read_images(path: str | Path, images_key: str = "", labels_key: str = "", la
     path = Path(path)
     if not path.exists():
         raise PretrainerError(f"{path}: file not found")
-    if path.is_dir():
+    if is_idx_folder(path) or is_idx_file(path):
+        found = _read_idx(path, images_key, labeled, channels, size)
+    elif path.is_dir():
         found = _read_folder(path, labeled, channels, size)
     elif is_npz(path):
         found = _read_npz(path, images_key, labels_key, labeled, channels, size)
@@ -134,6 +139,19 @@ def _read_npz(path: Path, images_key: str, labels_key: str, labeled: bool, chann
         raise PretrainerError(f"{where}: images are {images.shape[3]}x{images.shape[2]}, not square; set "
                               f"data.image_size to resize them (shorter side, then the centre square)")
     return ImageSet(images, labels, where)
+
+
+def _read_idx(path: Path, images_key: str, labeled: bool, channels: int, size: int) -> ImageSet:
+    images, labels, where = read_idx_split(path, images_key, labeled)
+    images = images[:, None]  # (N, 1, H, W): IDX images are grayscale
+    if channels:
+        images = convert_channels(images, channels)
+    if size:
+        images = fit_size(images, size)
+    elif images.shape[2] != images.shape[3]:
+        raise PretrainerError(f"{where}: images are {images.shape[3]}x{images.shape[2]}, not square; set "
+                              f"data.image_size to resize them")
+    return ImageSet(np.ascontiguousarray(images), [str(v) for v in labels.tolist()] if labeled else None, where)
 
 
 def _image_files(folder: Path) -> tuple[list[Path], int]:

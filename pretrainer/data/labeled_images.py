@@ -4,7 +4,9 @@ its resumable batches.
 A split is named by a path: an image folder with one sub-folder per class, or an .npz file, where
 `#NAME` after the path picks the arrays `x_NAME` / `y_NAME` (`mnist.npz#test`), and `#IMAGES,LABELS`
 names both keys (`data.npz#pixels,digits`); a bare .npz path reads x_train / y_train (or images /
-labels). Labels are read first (the label set is known before any image is decoded); the images
+labels). An IDX folder (data/idx.py; the MNIST / Fashion-MNIST layout) reads as an .npz does:
+`fashion-mnist#test` is its t10k files, a bare folder its train files; an `*-images-idx3-ubyte.gz`
+file reads with its labels sibling. Labels are read first (the label set is known before any image is decoded); the images
 are read when the split is encoded, converted to the model's channels and size.
 """
 
@@ -17,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pretrainer.data.idx import is_idx_file, is_idx_folder, labels_file_of, read_idx, split_files
 from pretrainer.data.image_files import folder_files, is_npz, npz_keys, read_images
 from pretrainer.data.image_processor import ImageProcessor
 from pretrainer.data.loader import EpochSampler, SamplerLoader
@@ -65,6 +68,9 @@ def read_labeled_images(spec: str) -> LabeledImages:
     path, images_key, labels_key = split_spec(spec)
     if not Path(path).exists():
         raise PretrainerError(f"{path}: file not found")
+    if is_idx_folder(path) or is_idx_file(path):
+        labels_file = split_files(Path(path), images_key)[1] if Path(path).is_dir() else labels_file_of(Path(path))
+        return LabeledImages(path, images_key, "", [str(v) for v in read_idx(labels_file, 1).tolist()])
     if Path(path).is_dir():
         if images_key:
             raise PretrainerError(f"{spec}: '#' picks arrays of an .npz file; {path} is a folder")
