@@ -76,7 +76,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
                **({"encoded": {"truncation": ft.truncation, "chunk_pooling": ft.chunk_pooling, **cost}} if cost else {})}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
         if dataset is not None:
-            results[split] = method.score(task, model, dataset, splits.label_names)
+            results[split] = task.write_outputs(method.score(task, model, dataset, splits.label_names), run_dir,
+                                                f"generated-{split}")
             log(f"{split}: {task.describe(results[split])}")
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
