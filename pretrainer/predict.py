@@ -7,6 +7,8 @@ record, in order:
   classifier  {"label": "1", "probabilities": {"0": 0.02, "1": 0.98}}
   tagger      {"words": [...], "tags": ["B-PER", "O", ...]}
   generator   {"text": "the greedy continuation"}
+  text2text   {"text": "the decoded target"}  (a run fine-tuned with finetune.task = "generation": its
+              finetune.max_len and finetune.generation decoding, sentinels never emitted)
   encoder     {"vector": [...]}  (mean of the last hidden states over real tokens, or [CLS] pooler)
 A record's "id" field, when it has one, is copied to its output line. A classifier reads long
 texts as its run was trained and evaluated (finetune.truncation, or chunks pooled per document:
@@ -63,7 +65,7 @@ POOLINGS = ("mean", "cls")
 class Predictor:
     """A loaded run, ready to answer records: `predict(records) -> outputs`, one batch at a time."""
 
-    kind: str  # classifier | tagger | generator | encoder
+    kind: str  # classifier | tagger | generator | text2text | encoder
     forward: Callable  # (input_ids, attention_mask, token_type_ids[, case_ids]) -> the kind's outputs
     tokenizer: object
     max_len: int
@@ -79,6 +81,7 @@ class Predictor:
     model: nn.Module | None = field(default=None, repr=False)  # the torch module (None for ONNX)
     # How a classifier reads a long text: its run's finetune.truncation / chunk_pooling / ...
     long: LongDocuments = field(default_factory=LongDocuments)
+    decoding: object = None  # text2text: the run's finetune.generation (data.text_pairs.Decoding)
 
     # ------------------------------------------------------------ one batch
 
@@ -89,6 +92,8 @@ class Predictor:
         with torch.inference_mode():
             if self.kind == "generator":
                 outputs = [self._generate(self._text(r, where(i))) for i, r in enumerate(records)]
+            elif self.kind == "text2text":
+                outputs = self._text_to_text([self._text(r, where(i)) for i, r in enumerate(records)])
             elif self.kind == "tagger":
                 outputs = self._tag([self._words(r, where(i)) for i, r in enumerate(records)])
             else:
@@ -183,6 +188,13 @@ class Predictor:
             ids.append(next_id)
         return {"text": tok.decode(ids[len(prompt_ids):])}
 
+    def _text_to_text(self, texts: list[str]) -> list[dict]:
+        from pretrainer.data.text_pairs import encode_sources
+        from pretrainer.transfer.tasks.generation import generate_texts
+
+        dataset = encode_sources(texts, self.tokenizer, self.max_len, self.decoding)
+        return [{"text": text} for text in generate_texts(self.model, dataset, len(texts))]
+
     # ------------------------------------------------------------ as a module
 
     def batch_module(self) -> nn.Module:
@@ -221,6 +233,21 @@ def run_recipe(run_dir: Path, kind: str):
         except PretrainerError:
             pass
     return None
+
+
+def text_to_text_recipe(run_dir: Path):
+    """The [finetune] section of a finished run of a task whose targets are texts (finetune.task =
+    "generation"), or None."""
+    if not ((run_dir / "config.toml").is_file() and (run_dir / "results.json").is_file()):
+        return None
+    try:
+        recipe = load_config(run_dir / "config.toml").finetune
+    except PretrainerError:
+        return None
+    from pretrainer.registry import TASKS
+    from pretrainer.transfer import tasks  # noqa: F401  (registers the tasks)
+
+    return recipe if not TASKS.get(recipe.task).labeled else None
 
 
 def run_max_len(run_dir: Path, model_max_len: int, kind: str) -> int:
@@ -284,13 +311,20 @@ def load_predictor(run_dir: str | os.PathLike, threads: int = 0, max_len: int = 
         crf = getattr(model, "crf", None)
     model_max_len = int(spec["config"].get("max_len", 512))
     labels = run_label_names(run_dir) if kind in ("classifier", "tagger") else None
-    if kind == "generator" and pair_field:
-        raise PretrainerError("--text-pair-field applies to classifiers and encoders, not a generator")
+    decoding = None
+    if model is not None and kind == "encoder" and getattr(backbone_of(model), "is_encoder_decoder", False):
+        recipe = text_to_text_recipe(run_dir)
+        if recipe is not None:  # fine-tuned to write text: it answers with text, not vectors
+            from pretrainer.transfer.tasks.generation import decoding_of
+
+            kind, decoding, model_max_len = "text2text", decoding_of(recipe), min(recipe.max_len, model_max_len)
+    if kind in ("generator", "text2text") and pair_field:
+        raise PretrainerError(f"--text-pair-field applies to classifiers and encoders, not a {kind} run")
     return Predictor(kind=kind, forward=forward, tokenizer=tokenizer,
                      max_len=max_len or run_max_len(run_dir, model_max_len, kind), labels=labels, backend=backend,
                      crf=crf, case_features=case_features, pooling=pooling, max_new_tokens=max_new_tokens,
                      text_field=text_field, pair_field=pair_field, source=str(run_dir), model=model,
-                     long=run_long_documents(run_dir, kind, backend, pair_field))
+                     long=run_long_documents(run_dir, kind, backend, pair_field), decoding=decoding)
 
 
 # ---------------------------------------------------------------- a file in, JSON lines out

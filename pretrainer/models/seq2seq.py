@@ -4,6 +4,8 @@ Each works on any model with `encode(ids, mask) -> memory`, `decode(ids, memory,
 and `decoder_logits(hidden)`. The encoder runs once; the decoder re-reads its whole prefix each
 step (no key/value cache), which is fine at the sizes this library trains on a CPU.
 A row that has emitted eos_id is finished: it is padded with `pad_id` (default eos_id) from then on.
+`suppress_ids` are never emitted (a fine-tuned text-to-text model must not write span
+corruption's sentinels, or the start token, into its text).
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ import torch.nn.functional as F
 from pretrainer.models.decoder import filter_logits
 
 
-def _next_logits(model, prefix: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _next_logits(model, prefix: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None,
+                 suppress_ids=()) -> torch.Tensor:
     """(N, t) decoder prefix -> (N, V) float32 logits for the next token."""
-    return model.decoder_logits(model.decode(prefix, memory, mask)[:, -1]).float()
+    logits = model.decoder_logits(model.decode(prefix, memory, mask)[:, -1]).float()
+    if len(suppress_ids):
+        logits[:, list(suppress_ids)] = float("-inf")
+    return logits
 
 
 @torch.no_grad()
 def greedy_or_sample(model, input_ids: torch.Tensor, max_new_tokens: int, *, start_id: int,
                      eos_id: int | None = None, pad_id: int | None = None,
                      attention_mask: torch.Tensor | None = None, greedy: bool = True, temperature: float = 1.0,
-                     top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                     top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                     suppress_ids=()) -> torch.Tensor:
     """input_ids (B, S) -> (B, 1 + n) decoder tokens, start_id first, n <= max_new_tokens."""
     was_training = model.training
     model.eval()
@@ -32,7 +39,7 @@ def greedy_or_sample(model, input_ids: torch.Tensor, max_new_tokens: int, *, sta
     out = torch.full((input_ids.shape[0], 1), start_id, dtype=torch.long, device=input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
-        logits = _next_logits(model, out, memory, attention_mask)  # (B, V)
+        logits = _next_logits(model, out, memory, attention_mask, suppress_ids)  # (B, V)
         if greedy:
             next_id = logits.argmax(dim=-1)
         else:
@@ -52,7 +59,7 @@ def greedy_or_sample(model, input_ids: torch.Tensor, max_new_tokens: int, *, sta
 @torch.no_grad()
 def beam_search(model, input_ids: torch.Tensor, max_new_tokens: int, *, start_id: int, eos_id: int | None = None,
                 pad_id: int | None = None, attention_mask: torch.Tensor | None = None, num_beams: int = 4,
-                length_penalty: float = 1.0) -> torch.Tensor:
+                length_penalty: float = 1.0, suppress_ids=()) -> torch.Tensor:
     """input_ids (B, S) -> (B, 1 + n): per row the best of `num_beams` hypotheses by
     sum of log-probabilities / length ** length_penalty.
 
@@ -73,7 +80,7 @@ def beam_search(model, input_ids: torch.Tensor, max_new_tokens: int, *, start_id
     hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
     for step in range(max_new_tokens):
-        logprobs = F.log_softmax(_next_logits(model, beams, memory, mask), dim=-1)  # (B*K, V)
+        logprobs = F.log_softmax(_next_logits(model, beams, memory, mask, suppress_ids), dim=-1)  # (B*K, V)
         V = logprobs.shape[-1]
         candidates = (scores.view(B * K, 1) + logprobs).view(B, K * V)
         top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)

@@ -356,12 +356,13 @@ class T5Model(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, start_id: int, eos_id: int | None = None,
                  pad_id: int | None = None, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
-                 **sampling) -> torch.Tensor:
+                 length_penalty: float = 1.0, suppress_ids=(), **sampling) -> torch.Tensor:
         """Decoder outputs (B, 1 + n) starting with start_id, for inputs (B, S): greedy or sampled
         (num_beams = 1, see models/seq2seq.py) or beam search; rows that ended in eos_id are
-        padded with pad_id (default eos_id)."""
+        padded with pad_id (default eos_id); `suppress_ids` are never emitted."""
         if num_beams > 1:
             return beam_search(self, input_ids, max_new_tokens, start_id=start_id, eos_id=eos_id, pad_id=pad_id,
-                               attention_mask=attention_mask, num_beams=num_beams)
+                               attention_mask=attention_mask, num_beams=num_beams, length_penalty=length_penalty,
+                               suppress_ids=suppress_ids)
         return greedy_or_sample(self, input_ids, max_new_tokens, start_id=start_id, eos_id=eos_id, pad_id=pad_id,
-                                attention_mask=attention_mask, **sampling)
+                                attention_mask=attention_mask, suppress_ids=suppress_ids, **sampling)

@@ -14,6 +14,7 @@ from pathlib import Path
 from pretrainer.config import Config, validate
 from pretrainer.errors import PretrainerError
 from pretrainer.io import atomic_write_csv, atomic_write_text
+from pretrainer.registry import TASKS
 from pretrainer.transfer.finetune import finetune
 
 
@@ -56,6 +57,10 @@ def curve(cfg: Config, log=print, starts: dict[str, dict] | None = None) -> list
     `starts` (name -> finetune changes, as `curve_starts` gives) replaces the starts the config
     names, for callers comparing starts of their own (`pretrainer compare`)."""
     validate(cfg)  # [curve] as a loaded config would be: whole label counts above 1, seeds in range
+    if not TASKS.get(cfg.finetune.task).labeled:
+        raise PretrainerError(f"config key 'finetune.task' = {cfg.finetune.task!r}: curve tabulates accuracy over "
+                              f"label fractions; compare starts with `pretrainer finetune` (and "
+                              f"--finetune.from_scratch=true), which scores ROUGE")
     # report.py imports matplotlib: only a curve needs it.
     from pretrainer.evaluation.report import format_mean_std, plot_label_efficiency, results_table, summarize
 

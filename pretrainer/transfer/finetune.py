@@ -61,8 +61,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     save_config(cfg, run_dir / "config.toml")
     tokenizer.save(run_dir)
     log(f"fine-tuning {source} ({ft.method}: {trainable:,} of {total:,} parameters trainable) on "
-        f"{len(splits.subset):,} of {task.size(splits.train):,} {task.unit} "
-        f"({len(splits.label_names)} {task.labels_noun}) -> {run_dir}")
+        f"{len(splits.subset):,} of {task.size(splits.train):,} {task.unit}"
+        f"{f' ({len(splits.label_names)} {task.labels_noun})' if task.labeled else ''} -> {run_dir}")
     began = time.perf_counter()
     fitted = method.fit(task, model, train_splits, run_dir, resume, log)
     seconds = time.perf_counter() - began
@@ -76,7 +76,8 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
                **({"encoded": {"truncation": ft.truncation, "chunk_pooling": ft.chunk_pooling, **cost}} if cost else {})}
     for split, dataset in (("dev", splits.dev), ("test", splits.test)):
         if dataset is not None:
-            results[split] = method.score(task, model, dataset, splits.label_names)
+            results[split] = task.write_outputs(method.score(task, model, dataset, splits.label_names), run_dir,
+                                                f"generated-{split}")
             log(f"{split}: {task.describe(results[split])}")
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results

@@ -42,12 +42,14 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
                               "name the labeled file(s) to score")
     labels = run_label_names(run_dir)
     if labels is None:
-        raise PretrainerError(f"{run_dir}: no label names (results.json or imported_from.json): "
-                              "not a finished fine-tuning run")
+        if not _finished_unlabeled_run(run_dir):
+            raise PretrainerError(f"{run_dir}: no label names (results.json or imported_from.json): "
+                                  "not a finished fine-tuning run")
+        labels = []  # a text-to-text run: its targets are texts
     set_threads(cfg.impl)
     model, tokenizer, task, method = rebuild(run_dir, labels, cfg, log)
     model.to(resolve_device(cfg.impl))
-    encode = method.encoder(task, tokenizer, method.input_length(model.backbone))
+    encode = method.encoder(task, tokenizer, method.input_length(getattr(model, "backbone", model)))
     results = {"run": str(run_dir), "labels": labels}
     for split, path in files.items():
         stats = ReadStats()  # what the input policies skipped or stripped, reported with the scores
@@ -59,6 +61,7 @@ def evaluate_finetuned(cfg: Config, log=print) -> dict:
         cost = task.encoding_cost(dataset)
         if cost:  # how the run reads long texts (its config.toml), and what that costs per example
             m["encoded"] = {"truncation": method.ft.truncation, "chunk_pooling": method.ft.chunk_pooling, **cost}
+        m = task.write_outputs(m, run_dir, f"evaluation-generated-{split}")
         log(f"{split} ({path}): {task.describe(m)} ({m['n_examples']:,} examples)")
         results[split] = {"file": str(path), **m, "input": stats.as_dict()}
     atomic_write_text(run_dir / "evaluation.json", json.dumps(results, indent=2))
@@ -79,15 +82,22 @@ def rebuild(run_dir: Path, labels: list[str], cfg: Config, log) -> tuple[nn.Modu
         task = _task_with_head(model, run_dir)
         recipe = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, task=task.name, method="full"))
         method = TRANSFER_METHODS.get("full")(recipe)
-    if model.num_labels != len(labels):
+    if task.labeled and model.num_labels != len(labels):
         raise PretrainerError(f"{run_dir}: the model has {model.num_labels} outputs but the run names "
                               f"{len(labels)} labels")
     return model.eval(), tokenizer, task, method
 
 
+def _finished_unlabeled_run(run_dir: Path) -> bool:
+    """A finished run of a task without labels (results.json and config.toml say so)."""
+    if not ((run_dir / "results.json").is_file() and (run_dir / "config.toml").is_file()):
+        return False
+    return not TASKS.get(load_config(run_dir / "config.toml").finetune.task).labeled
+
+
 def _task_with_head(model: nn.Module, run_dir: Path) -> Task:
     for name in TASKS:
         task = TASKS.get(name)()
-        if isinstance(model, task.head_class):
+        if task.labeled and isinstance(model, task.head_class):  # a recipe-less import is a classifier or tagger
             return task
     raise PretrainerError(f"{run_dir}: the model has no classification or tagging head (a pre-training run?)")

@@ -38,9 +38,12 @@ def tiny_start(tmp_path_factory, tiny_transfer_task, good_task_rows, task_words)
     (tmp / "tagged.conll").write_text(tagged_rows(task_words, 40, seed=0))
     tagged = dataclasses.replace(cfg.finetune.data, train=str(tmp / "tagged.conll"), dev=str(tmp / "tagged.conll"))
     images = _tiny_image_run(tmp)
+    pairs = _tiny_t5_run(tmp, task_words)
     data = {"classification": {}, "tokens": {"task": "tokens", "data": tagged},
             "image_classification": {"task": "image_classification", "init": images["init"],
-                                     "data": dataclasses.replace(cfg.finetune.data, **images["data"])}}
+                                     "data": dataclasses.replace(cfg.finetune.data, **images["data"])},
+            "generation": {"task": "generation", "init": pairs["init"],
+                           "data": dataclasses.replace(cfg.finetune.data, **pairs["data"])}}
     assert set(data) == set(TASKS), "a new task needs its tiny data here"
     return cfg, data, tmp
 
@@ -66,6 +69,26 @@ def _tiny_image_run(tmp) -> dict:
                                 "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false"]), **QUIET)
     return {"init": str(tmp / "image-run"), "data": {"train": str(tmp / "images.npz"),
                                                      "dev": str(tmp / "images.npz")}}
+
+
+def _tiny_t5_run(tmp, words) -> dict:
+    """A tiny T5 pre-trained 2 steps with span corruption, and pairs whose target is the source's
+    first two words: the generation task's init and data."""
+    from pretrainer.api import pretrain
+    from pretrainer.config import load_config
+
+    rng = random.Random(0)
+    (tmp / "t5-corpus.txt").write_text("\n".join(" ".join(rng.choices(words, k=20)) for _ in range(40)))
+    sources = [" ".join(rng.choices(words, k=6)) for _ in range(24)]
+    (tmp / "pairs.jsonl").write_text("".join(json.dumps({"text": s, "target": " ".join(s.split()[:2])}) + "\n"
+                                             for s in sources))
+    pretrain(load_config(None, [f'--data.train="{tmp / "t5-corpus.txt"}"', f'--data.cache_dir="{tmp / "cache"}"',
+                                "--tokenizer.vocab_size=80", "--tokenizer.min_frequency=1", "--model.name=t5",
+                                "--model.n_layers=1", "--model.d_model=16", "--model.n_heads=2", "--model.d_ff=32",
+                                "--model.max_len=32", "--objective.name=span_corruption", f'--run.dir="{tmp / "t5"}"',
+                                "--train.batch_size=4", "--train.seq_len=16", "--train.max_steps=2",
+                                "--train.eval_every=0", "--train.save_every=0", "--impl.progress=false"]), **QUIET)
+    return {"init": str(tmp / "t5"), "data": {"train": str(tmp / "pairs.jsonl"), "dev": str(tmp / "pairs.jsonl")}}
 
 
 def watch_fit(monkeypatch, method_class) -> dict:

@@ -8,4 +8,4 @@ from pretrainer.transfer.methods.base import TransferMethod
 class Full(TransferMethod):
     """Everything trains at one learning rate: the baseline every other method is compared with."""
 
-    tasks = ("classification", "tokens", "image_classification")
+    tasks = ("classification", "tokens", "image_classification", "generation")

@@ -2,6 +2,7 @@
 
 from pretrainer.transfer.tasks import classification, tokens  # noqa: F401  (registers each task)
 from pretrainer.transfer.tasks import images  # noqa: F401  (image_classification)
+from pretrainer.transfer.tasks import generation  # noqa: F401  (text-to-text, ROUGE)
 from pretrainer.transfer.tasks.base import Encoder, Splits, Task
 
 __all__ = ["Encoder", "Splits", "Task"]

@@ -40,6 +40,7 @@ class Task:
     unit: ClassVar[str] = "labeled examples"  # what the training file holds, for the log
     labels_noun: ClassVar[str] = "labels"
     record: ClassVar[dict] = {}  # fields results.json starts with
+    labeled: ClassVar[bool] = True  # False: targets are texts, not label names (generation)
 
     def check(self, ft: FinetuneConfig) -> None:
         """Refuse settings that do not apply to this task (one-line errors naming the key)."""
@@ -146,6 +147,11 @@ class Task:
                  final: bool = False) -> dict:
         """Metrics of `model` on an encoded split; `final`: the fuller report results.json keeps."""
         raise NotImplementedError
+
+    def write_outputs(self, metrics: dict, run_dir, name: str) -> dict:
+        """`metrics` as results.json keeps them; a task whose scoring made outputs worth reading
+        (generated texts) writes them to a file in `run_dir` named after `name` instead."""
+        return metrics
 
     def describe(self, metrics: dict) -> str:
         """One log line of metrics."""
