@@ -78,10 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=None, help="where the demo writes its run directories (default runs/demo, "
                                                "runs/demo-vision)")
 
-    da = sub.add_parser("data", help="fetch a data set into a folder the readers take as it is")
-    da.add_argument("dataset", choices=["fashion-mnist"],
-                    help="fashion-mnist: the Debian package dataset-fashion-mnist's IDX files, SHA-256 checked")
-    da.add_argument("--dir", default="data/fashion-mnist", help="the folder to fill (default data/fashion-mnist)")
 
     _config_command("prune", "remove the least important attention heads, MLP neurons and layers of a fine-tuned "
                              "run, then recover by fine-tuning (the [prune] section)")(sub)
@@ -121,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     lx.add_argument("--tokenizer", default="", help="leave out phrases this tokenizer (tokenizer.json, vocab.txt or a "
                                                     "run directory) cannot encode without [UNK]")
 
-    dp = sub.add_parser("data", help="build a task's data files")
+    dp = sub.add_parser("data", help="fetch a data set or build a task's data files")
     builders = dp.add_subparsers(dest="builder", required=True)
+    fm = builders.add_parser("fashion-mnist", help="the Debian package dataset-fashion-mnist's IDX files, SHA-256 "
+                                                   "checked, into a folder the image readers take as it is")
+    fm.add_argument("--dir", default="data/fashion-mnist", help="the folder to fill (default data/fashion-mnist)")
     hl = builders.add_parser("headlines", help="news articles -> train/dev/test jsonl of body -> title pairs "
                                                "(finetune.task = \"generation\"), split by article, seeded")
     hl.add_argument("out", help="folder for train.jsonl, dev.jsonl, test.jsonl and split.json")
@@ -187,7 +186,7 @@ def _run(args, overrides: list[str]) -> int:
 
             demo(args.dir or "runs/demo")
         return 0
-    if args.command == "data":
+    if args.command == "data" and args.builder == "fashion-mnist":
         from pretrainer.data.fashion_mnist import fetch_fashion_mnist
 
         fetch_fashion_mnist(args.dir)
