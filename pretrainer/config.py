@@ -303,6 +303,10 @@ class ObjectiveConfig:
     noise_type: str = _field("gaussian", "autoencoder: what `noise` means", ("gaussian", "mask"))
     decoder_hidden: int = _field(512, "autoencoder: width of the MLP decoder's hidden layer (pooled code -> hidden "
                                       "-> pixels); the decoder is left behind at transfer", check=positive)
+    # dcgan (objectives/dcgan.py): a generator against a discriminator whose body is the backbone
+    latent_dim: int = _field(100, "dcgan: length of the generator's noise vector z", check=positive)
+    generator_width: int = _field(128, "dcgan: channels of the generator's first grid (halved at each "
+                                       "upsampling); the generator is left behind at transfer", check=positive)
 
     def check(self) -> None:
         if self.noise_type == "mask" and self.noise >= 1:
@@ -508,6 +512,10 @@ class FinetuneConfig:
                                 check=non_negative)
     layer_decay: float = _field(0.8, "method llrd: each layer down gets this factor times the lr of the one above",
                                 check=between(0, 1, low_open=True))
+    knn_k: int = _field(20, "method knn: neighbours that vote (cosine similarity of frozen pooled features; "
+                            "more than the labeled examples is an error)", check=positive)
+    knn_temperature: float = _field(0.07, "method knn: each neighbour votes exp(similarity / this) for its label "
+                                          "(InstDisc / DINO's 0.07)", check=positive)
     gradual_unfreezing: bool = _field(False, "ULMFiT's gradual unfreezing: train only the top layer group (the "
                                              "task's head) at first, then unfreeze one more group downwards every "
                                              "`unfreeze_every` steps (groups: layer_id depths); methods that "

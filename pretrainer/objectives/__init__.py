@@ -10,6 +10,7 @@ from pretrainer.objectives.autoencoder import Autoencoder
 from pretrainer.objectives.bilm import BidirectionalLM
 from pretrainer.objectives.classification import ClassificationObjective
 from pretrainer.objectives.clm import CausalLM
+from pretrainer.objectives.dcgan import DCGAN
 from pretrainer.objectives.distill import Distillation
 from pretrainer.objectives.electra import ReplacedTokenDetection
 from pretrainer.objectives.mae import MaskedAutoencoder
@@ -22,6 +23,6 @@ from pretrainer.objectives.sop import MaskedLMWithSOP
 from pretrainer.objectives.span import SpanCorruption
 from pretrainer.objectives.word2vec import Word2Vec
 
-__all__ = ["Autoencoder", "BidirectionalLM", "CausalLM", "ClassificationObjective", "Distillation", "MaskedAutoencoder", "MaskedLM",
+__all__ = ["Autoencoder", "BidirectionalLM", "CausalLM", "ClassificationObjective", "DCGAN", "Distillation", "MaskedAutoencoder", "MaskedLM",
            "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP", "ReplacedTokenDetection", "SimCLR", "SimCSE",
            "SpanCorruption", "Word2Vec"]

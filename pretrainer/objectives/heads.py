@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights, padding_mask
+from pretrainer.objectives.gan_heads import DCGANGenerator, real_fake_head_for
 from pretrainer.objectives.image_heads import MAEDecoder, ProjectionMLP
 
 
@@ -193,6 +194,8 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "mae_decoder": MAEDecoder,
     "simclr_projection": ProjectionMLP,
     "pixel_decoder": PixelDecoder,
+    "gan_generator": DCGANGenerator,
+    "gan_real_fake": real_fake_head_for,
 }
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from pretrainer.config import parse_duration
 from pretrainer.errors import PretrainerError
 from pretrainer.io import is_disk_full, save_weights, unwrap
+from pretrainer.training.adversarial import adversarial_step, build_optimizer_set, is_adversarial
 from pretrainer.training.checkpoint import last_good_checkpoint, load_latest_checkpoint, save_checkpoint
 from pretrainer.training.distributed import (barrier, call_objective, collective_failure_reason, full_state,
                                              full_tensor, give_ranks_own_rng_streams, init_distributed,
@@ -280,6 +281,11 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     set_threads(impl_cfg)
     device = init_distributed(impl_cfg).device
     main = is_main_process()
+    adversarial = is_adversarial(objective)  # several optimizers stepped in turn (training/adversarial.py)
+    if adversarial and world_size() > 1:
+        raise PretrainerError(f"objective {objective.cfg.name!r} trains adversarially (one optimizer per "
+                              f"{' / '.join(objective.optimizer_groups)}), which runs in one process only; "
+                              f"start it without torchrun")
     model = parallelize(model, impl_cfg, device)  # the optimizer must see FSDP's sharded parameters
 
     budget_s = parse_duration(train_cfg.budget) if train_cfg.budget else None
@@ -290,7 +296,8 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
     if budget_s is not None:
         total_steps = None
 
-    optimizer = build_optimizer(model, train_cfg, device)
+    optimizer = (build_optimizer_set(model, objective, train_cfg, device) if adversarial
+                 else build_optimizer(model, train_cfg, device))
     schedule = LRSchedule.from_config(optimizer, train_cfg, total_steps=total_steps,
                                       budget_s=budget_s, clock=clock)
     scaler = grad_scaler(impl_cfg, device)
@@ -417,9 +424,15 @@ def fit(model: nn.Module, objective, train_batches, train_cfg, impl_cfg, run_dir
                 if before_step is not None:
                     before_step(step)
                 t0 = clock()
-                metrics = train_step(run_model, objective, batches, optimizer, train_cfg.accum,
-                                     autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device,
-                                     skip_nonfinite=skip_nonfinite)
+                if adversarial:
+                    metrics = adversarial_step(run_model, objective, batches, optimizer, train_cfg.accum,
+                                               train_step, autocast_ctx=autocast_ctx,
+                                               grad_clip=train_cfg.grad_clip, scaler=scaler, device=device,
+                                               skip_nonfinite=skip_nonfinite)
+                else:
+                    metrics = train_step(run_model, objective, batches, optimizer, train_cfg.accum,
+                                         autocast_ctx, train_cfg.grad_clip, scaler=scaler, device=device,
+                                         skip_nonfinite=skip_nonfinite)
                 step += 1
                 window.add(metrics, clock() - t0, step)
                 schedule.step()

@@ -40,7 +40,11 @@ def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.
     for g in groups:
         if "lr_scale" in g:  # layer-wise rates: a fraction of the peak lr
             g["lr"] = cfg.lr * g["lr_scale"]
-    groups = [g for g in groups if g["params"]]
+    return adamw([g for g in groups if g["params"]], cfg, device)
+
+
+def adamw(groups: list[dict], cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `groups` with the [train] hyperparameters, fused where the device has the kernel."""
     kwargs = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, **kwargs)

@@ -43,6 +43,7 @@ def finetune(cfg: Config, resume: bool = False, log=print) -> dict:
     check_pooling(ft.pooling, backbone, source)
     encode = method.encoder(task, tokenizer, method.input_length(backbone))
     splits = task.read_splits(ft, encode, cfg.run.seed, uses_labels=method.uses_labels)
+    method.check_splits(splits)
     for split, stats in splits.read_stats.items():
         if stats.describe():  # the input policies' skips and strips, never silent
             log(f"{split} ({getattr(ft.data, split)}): {stats.describe()}")

@@ -143,6 +143,10 @@ def test_method_contract(tiny_start, monkeypatch, method, task):
     # The saved run, rebuilt by its method from config.toml alone, scores as the run did.
     plain = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, dir=str(run_dir),
                                                                   data=ft.data, task=ft.task))
+    if not TRANSFER_METHODS.get(method).rescorable:  # knn: a one-line refusal instead
+        with pytest.raises(PretrainerError, match="evaluate --finetuned"):
+            evaluate_finetuned(plain, **QUIET)
+        return
     scored = flat(evaluate_finetuned(plain, **QUIET)["dev"])
     expected = flat(results["dev"])
     assert expected and {k: scored[k] for k in expected} == pytest.approx(expected, abs=1e-6)

@@ -7,6 +7,7 @@ from pretrainer.transfer.methods import full  # noqa: F401
 from pretrainer.transfer.methods import freeze  # noqa: F401
 from pretrainer.transfer.methods import llrd  # noqa: F401
 from pretrainer.transfer.methods import probe  # noqa: F401
+from pretrainer.transfer.methods import knn  # noqa: F401
 from pretrainer.transfer.methods import lora  # noqa: F401
 from pretrainer.transfer.methods import soft_prompt  # noqa: F401
 from pretrainer.transfer.methods import cloze  # noqa: F401  (cloze and cloze_zero_shot)

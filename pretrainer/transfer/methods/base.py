@@ -33,6 +33,7 @@ class TransferMethod:
     uses_labels: ClassVar[bool] = True  # False: no training label is read (zero-shot)
     reads_lm_head: ClassVar[bool] = False  # True: built on the pre-training module with its MLM head
     distills: ClassVar[bool] = True  # False: its fit takes no loss, so finetune.teacher cannot apply
+    rescorable: ClassVar[bool] = True  # False: `evaluate --finetuned` cannot score its saved run (knn)
     long_documents: ClassVar[bool] = True  # False: encodes its own inputs; truncation and chunking do not apply
 
     def __init__(self, cfg: Config):
@@ -50,6 +51,9 @@ class TransferMethod:
                     raise PretrainerError(f"config key 'finetune.{key}' = {getattr(self.ft, key)!r} does not apply "
                                           f"to method {self.ft.method!r}, which builds its own input; leave it "
                                           f"{default!r}")
+
+    def check_splits(self, splits: Splits) -> None:
+        """Refuse what this method cannot do with these splits, before the run directory is written."""
 
     def input_length(self, backbone: nn.Module) -> int:
         """The longest encoded input."""
