@@ -29,6 +29,7 @@ on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -371,34 +372,43 @@ def predict_file(run_dir: str | os.PathLike, input_path: str | os.PathLike, outp
 
     bar = None  # shown once the first batch is out: input that fails at once gets its one line, no bar
     n = 0
-    to_stdout = str(output) == "-"
-    out_path = Path(output)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    sink: TextIO = sys.stdout if to_stdout else open(tmp, "w", encoding="utf-8")
     try:
-        for batch in batched(read_records(input_path, fmt), batch_size):
-            lines = [line for line, _ in batch]
-            outputs = predictor.predict([record for _, record in batch],
-                                        where=lambda i: (str(input_path), lines[i]))
-            sink.write("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs))
-            sink.flush()
-            n += len(batch)
-            if bar is None:
-                bar = tqdm(total=count_records(input_path), unit="ex", file=sys.stderr, disable=not progress,
-                           desc=f"predict ({predictor.kind}, {predictor.backend})")
-            bar.update(len(batch))
-        if not to_stdout:
-            sink.close()
-            os.replace(tmp, out_path)
-    except BaseException:
-        if not to_stdout:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
+        with jsonl_sink(output) as sink:
+            for batch in batched(read_records(input_path, fmt), batch_size):
+                lines = [line for line, _ in batch]
+                outputs = predictor.predict([record for _, record in batch],
+                                            where=lambda i: (str(input_path), lines[i]))
+                sink.write("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs))
+                sink.flush()
+                n += len(batch)
+                if bar is None:
+                    bar = tqdm(total=count_records(input_path), unit="ex", file=sys.stderr, disable=not progress,
+                               desc=f"predict ({predictor.kind}, {predictor.backend})")
+                bar.update(len(batch))
     finally:
         if bar is not None:
             bar.close()
     return n
+
+
+@contextlib.contextmanager
+def jsonl_sink(output: str | os.PathLike) -> Iterator[TextIO]:
+    """stdout for "-", else a temporary file beside `output` that replaces it only when everything
+    was written: a failed prediction never leaves a partial file under the output's name."""
+    if str(output) == "-":
+        yield sys.stdout
+        return
+    out_path = Path(output)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    sink = open(tmp, "w", encoding="utf-8")
+    try:
+        yield sink
+        sink.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        sink.close()
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- image runs
@@ -416,25 +426,12 @@ def predict_images(run_dir: str | os.PathLike, source: str | os.PathLike, output
     model.eval()
     kind = model_kind(model)
     labels = run_label_names(run_dir) if kind == "classifier" else None
-    to_stdout = str(output) == "-"
-    out_path = Path(output)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    sink: TextIO = sys.stdout if to_stdout else open(tmp, "w", encoding="utf-8")
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(found), batch_size):
-                images = ImageProcessor.to_float(found.images[start:start + batch_size])
-                ids = [found.where(i) for i in range(start, start + len(images))]
-                sink.write("".join(json.dumps(o, ensure_ascii=False) + "\n"
-                                   for o in _image_outputs(model, kind, images, ids, labels, pooling)))
-        if not to_stdout:
-            sink.close()
-            os.replace(tmp, out_path)
-    except BaseException:
-        if not to_stdout:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
+    with jsonl_sink(output) as sink, torch.inference_mode():
+        for start in range(0, len(found), batch_size):
+            images = ImageProcessor.to_float(found.images[start:start + batch_size])
+            ids = [found.where(i) for i in range(start, start + len(images))]
+            sink.write("".join(json.dumps(o, ensure_ascii=False) + "\n"
+                               for o in _image_outputs(model, kind, images, ids, labels, pooling)))
     return len(found)
 
 

@@ -131,6 +131,18 @@ def _read_npz(path: Path, images_key: str, labels_key: str, labeled: bool, chann
             raise PretrainerError(f"{path}[{labels_key}]: labels must be one per image ({len(images)}), "
                                   f"got shape {labels.shape}")
         labels = [str(v) for v in labels.tolist()]
+    return ImageSet(conform(images, channels, size, where), labels, where)
+
+
+def _read_idx(path: Path, images_key: str, labeled: bool, channels: int, size: int) -> ImageSet:
+    images, labels, where = read_idx_split(path, images_key, labeled)
+    images = images[:, None]  # (N, 1, H, W): IDX images are grayscale
+    return ImageSet(np.ascontiguousarray(conform(images, channels, size, where)),
+                    [str(v) for v in labels.tolist()] if labeled else None, where)
+
+
+def conform(images: np.ndarray, channels: int, size: int, where: str) -> np.ndarray:
+    """(N, C, H, W) images to the asked channel count and size; without a size they must be square."""
     if channels:
         images = convert_channels(images, channels)
     if size:
@@ -138,20 +150,7 @@ def _read_npz(path: Path, images_key: str, labels_key: str, labeled: bool, chann
     elif images.shape[2] != images.shape[3]:
         raise PretrainerError(f"{where}: images are {images.shape[3]}x{images.shape[2]}, not square; set "
                               f"data.image_size to resize them (shorter side, then the centre square)")
-    return ImageSet(images, labels, where)
-
-
-def _read_idx(path: Path, images_key: str, labeled: bool, channels: int, size: int) -> ImageSet:
-    images, labels, where = read_idx_split(path, images_key, labeled)
-    images = images[:, None]  # (N, 1, H, W): IDX images are grayscale
-    if channels:
-        images = convert_channels(images, channels)
-    if size:
-        images = fit_size(images, size)
-    elif images.shape[2] != images.shape[3]:
-        raise PretrainerError(f"{where}: images are {images.shape[3]}x{images.shape[2]}, not square; set "
-                              f"data.image_size to resize them")
-    return ImageSet(np.ascontiguousarray(images), [str(v) for v in labels.tolist()] if labeled else None, where)
+    return images
 
 
 def _image_files(folder: Path) -> tuple[list[Path], int]:
