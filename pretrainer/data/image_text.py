@@ -156,7 +156,7 @@ class ImageTextData(ImageData):
 
     @classmethod
     def example(cls, root: str | Path, n: int = 64, size: int = 12) -> dict:
-        """Generated pairs (a bright square on a dark field, captioned by where it is): the
+        """Generated pairs (a bright square on a dark field, captioned by its size and place): the
         registry contract tests' data."""
         rng = np.random.default_rng(0)
         images = np.zeros((n, size, size), dtype=np.uint8)
@@ -166,8 +166,7 @@ class ImageTextData(ImageData):
             top, left = rng.integers(0, size - side, size=2)
             image[top:top + side, left:left + side] = 255
             image[0, 0] = i  # every image distinct
-            captions.append(f"a {'big' if side > size // 3 else 'small'} square at the "
-                            f"{'top' if top < size // 3 else 'bottom'} {'left' if left < size // 3 else 'right'}")
+            captions.append(f"a square of side {side} at row {top} column {left}")  # nearly one caption per image
         path = Path(root) / "pairs.npz"
         np.savez(path, images=images, captions=np.array(captions))
         return {"name": "image_text", "train": [str(path)], "holdout": 0.2, "cache_dir": str(Path(root) / "cache")}
