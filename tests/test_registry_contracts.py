@@ -60,7 +60,11 @@ def config_data(tmp_path_factory):
         if name != "text":
             (root / name).mkdir()
             others[name] = DATA.get(name).example(root / name)
-    return {**data, "objective": {"teacher": str(root / "teacher")}, "_data_sections": others}
+    # CLIP's text tower at the contract size (its default is a full BERT-mini).
+    text_model = {"name": "bert", "n_layers": 2, "d_model": 32, "n_heads": 2, "max_len": 64, "dropout": 0.0,
+                  "attn_dropout": 0.0}
+    return {**data, "objective": {"teacher": str(root / "teacher"), "text_model": text_model},
+            "_data_sections": others}
 
 
 def make_config(config_data, **sections):
@@ -85,6 +89,13 @@ def prepared(config_data):
 def tiny_model(name: str, info):
     torch.manual_seed(0)
     return build_model(MODELS.get(name).config_class.tiny(), info)
+
+
+def data_for(objective: str, model_name: str) -> str:
+    """The data module that feeds `model_name` and builds `objective`'s batches (two image modules
+    exist: plain images, and image-caption pairs for CLIP)."""
+    modality = getattr(OBJECTIVES.get(objective), "modality", "text")
+    return data_module_for(model_name, OBJECTIVES.get(objective)(load_config().objective, _cases_infos()[modality]))
 
 
 def data_module_for(model_name: str, objective=None) -> str:
@@ -166,15 +177,19 @@ def test_every_pretraining_objective_trains_some_registered_model(prepared):
     assert trained == set(pretraining_objectives())
 
 
+def _cases_infos() -> dict[str, DataInfo]:
+    text = DataInfo(modality="text", vocab_size=80, pad_id=0, cls_id=2, sep_id=3, mask_id=4, special_ids=(0, 2, 3, 4))
+    return {"text": text, "image": DataInfo(modality="image", image_size=12, channels=1)}
+
+
 def _cases():
     # Collected at import: the pairs depend only on the registries and the tiny configs.
-    text = DataInfo(modality="text", vocab_size=80, pad_id=0, cls_id=2, sep_id=3, mask_id=4, special_ids=(0, 2, 3, 4))
-    return objective_cases({"text": text, "image": DataInfo(modality="image", image_size=12, channels=1)})
+    return objective_cases(_cases_infos())
 
 
 @pytest.mark.parametrize("objective,model_name", _cases())
 def test_objective_loss_is_finite_and_falls(objective, model_name, prepared, config_data):
-    data_name = data_module_for(model_name)
+    data_name = data_for(objective, model_name)
     data = prepared[data_name]
     cfg = make_config(config_data, objective__name=objective, data__name=data_name)
     built = OBJECTIVES.get(objective)(cfg.objective, data.info)
@@ -211,7 +226,7 @@ def test_adversarial_discriminator_learns(objective, model_name, prepared, confi
     60 of fit's alternating steps on the toy set, its held-out discriminator accuracy (`d_acc`, real
     and generated images told apart, 0.5 = chance) is clearly above chance, every group's step
     moved only that group's parameters, and each group got gradients for all of them."""
-    data_name = data_module_for(model_name)
+    data_name = data_for(objective, model_name)
     data = prepared[data_name]
     # DCGAN's recipe (Adam at 2e-4, beta1 0.5): at the other contracts' 3e-3 the two players oscillate.
     cfg = make_config(config_data, objective__name=objective, data__name=data_name, train__lr=2e-4, train__beta1=0.5)
@@ -235,7 +250,7 @@ def test_adversarial_discriminator_learns(objective, model_name, prepared, confi
 @pytest.mark.parametrize("objective,model_name", _cases())
 def test_objective_run_saves_loads_and_resumes_exactly(objective, model_name, prepared, config_data, tmp_path,
                                                        monkeypatch, crash_after):
-    data_name = data_module_for(model_name)
+    data_name = data_for(objective, model_name)
 
     def cfg_for(run_dir):
         return make_config(config_data, objective__name=objective, model__name=model_name, run__dir=str(run_dir),

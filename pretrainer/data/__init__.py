@@ -3,6 +3,7 @@ this package registers the built-in ones.
 
 text       TextData: the text data module (registered as "text")
 images     ImageData: images from .npz arrays or image folders (registered as "images")
+image_text ImageTextData: image–caption pairs from .npz files, for CLIP (registered as "image_text")
 
 readers    files (txt, jsonl, csv, tsv, .gz) -> documents / labeled examples
 tokenizer  TextTokenizer: train or load WordPiece / byte-BPE, special ids
@@ -15,3 +16,4 @@ image_files, image_processor, augment   reading images, the run's image processo
 
 from pretrainer.data import text  # noqa: F401,E402  (registers the "text" data module)
 from pretrainer.data import images  # noqa: F401,E402  (registers the "images" data module)
+from pretrainer.data import image_text  # noqa: F401,E402  (registers the "image_text" data module)

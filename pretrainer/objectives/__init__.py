@@ -9,6 +9,7 @@ Importing this package registers the built-in objectives.
 from pretrainer.objectives.autoencoder import Autoencoder
 from pretrainer.objectives.bilm import BidirectionalLM
 from pretrainer.objectives.classification import ClassificationObjective
+from pretrainer.objectives.clip import CLIP
 from pretrainer.objectives.clm import CausalLM
 from pretrainer.objectives.dcgan import DCGAN
 from pretrainer.objectives.distill import Distillation
@@ -23,6 +24,6 @@ from pretrainer.objectives.sop import MaskedLMWithSOP
 from pretrainer.objectives.span import SpanCorruption
 from pretrainer.objectives.word2vec import Word2Vec
 
-__all__ = ["Autoencoder", "BidirectionalLM", "CausalLM", "ClassificationObjective", "DCGAN", "Distillation", "MaskedAutoencoder", "MaskedLM",
+__all__ = ["Autoencoder", "BidirectionalLM", "CLIP", "CausalLM", "ClassificationObjective", "DCGAN", "Distillation", "MaskedAutoencoder", "MaskedLM",
            "Mixture", "MaskedLMWithNSP", "MaskedLMWithSOP", "ReplacedTokenDetection", "SimCLR", "SimCSE",
            "SpanCorruption", "Word2Vec"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pretrainer.errors import PretrainerError
 from pretrainer.models.layers import Block, activation_fn, decay_groups, init_weights, padding_mask
 from pretrainer.objectives.gan_heads import DCGANGenerator, real_fake_head_for
+from pretrainer.objectives.clip_heads import CLIPImageProjection, CLIPTextTower, LogitScale
 from pretrainer.objectives.image_heads import MAEDecoder, ProjectionMLP
 
 
@@ -196,6 +197,9 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "pixel_decoder": PixelDecoder,
     "gan_generator": DCGANGenerator,
     "gan_real_fake": real_fake_head_for,
+    "clip_text": CLIPTextTower,
+    "clip_image_projection": CLIPImageProjection,
+    "clip_logit_scale": LogitScale,
 }
 
 
