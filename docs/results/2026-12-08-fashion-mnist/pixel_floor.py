@@ -1,6 +1,8 @@
 """The cheapest honest baseline for an image curve: logistic regression on raw pixels.
 
-    python docs/results/2026-12-08-fashion-mnist/pixel_floor.py DATA.npz [fractions...]
+    python docs/results/2026-12-08-fashion-mnist/pixel_floor.py DATA [fractions...]
+
+DATA: an .npz with x_train / y_train / x_test / y_test, or an IDX folder (data/fashion-mnist).
 
 Fits scikit-learn's multinomial logistic regression on the pixels (scaled to [0, 1]) of a
 stratified subset of x_train per seed and scores all of x_test; prints a CSV row per run.
@@ -8,13 +10,24 @@ stratified subset of x_train per seed and scores all of x_test; prints a CSV row
 
 import sys
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 
+def load(path: str) -> dict:
+    if Path(path).is_dir():
+        from pretrainer.data.idx import read_idx_split
+
+        (x, y, _), (x_test, y_test, _) = (read_idx_split(Path(path), key, labeled=True) for key in ("", "test"))
+        return {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test}
+    return dict(np.load(path))
+
+
 def main(path: str, fractions: list[float], seeds=(0, 1, 2)) -> None:
-    data = np.load(path)
+    data = load(path)
     x, y = data["x_train"].reshape(len(data["x_train"]), -1) / 255.0, data["y_train"]
     x_test, y_test = data["x_test"].reshape(len(data["x_test"]), -1) / 255.0, data["y_test"]
     print("fraction,seed,n_labels,test_accuracy")
