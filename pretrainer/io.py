@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -275,6 +276,28 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None], overwri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(target.parent)
+
+
+def build_cache_once(final: Path, build: Callable[[Path], None]) -> bool:
+    """Build a cache folder (done when it holds meta.json, written last) under a temporary name
+    beside `final`, then rename it into place. Returns False when it was already built. Processes
+    racing on the same key are fine: the first rename wins and the others' identical builds go."""
+    if (final / "meta.json").is_file():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
+    try:
+        build(building)
+        if final.exists() and not (final / "meta.json").is_file():
+            shutil.rmtree(final)  # an unfinished folder left by hand or an older version, never a finished build
+        try:
+            os.rename(building, final)
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise  # else another process finished the same build first
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return True
 
 
 def sha256_of_files(paths: Iterable[str | os.PathLike]) -> str:

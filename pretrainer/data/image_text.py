@@ -35,9 +35,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -45,6 +42,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from pretrainer.io import build_cache_once
 from pretrainer.config import Config, _field, between, invalid
 from pretrainer.data.augment import Augmentation
 from pretrainer.data.image_config import ImageDataConfig
@@ -191,21 +189,7 @@ class ImageTextData(ImageData):
                 raise PretrainerError(f"{path}: file not found")
         root = cache_root(data.cache_dir or None) / "image_text"
         final = root / pairs_cache_key(self.cfg)
-        if not (final / "meta.json").is_file():
-            root.mkdir(parents=True, exist_ok=True)
-            building = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=root))
-            try:
-                _build_pairs(self.cfg, building, log)
-                if final.exists():
-                    shutil.rmtree(final)
-                try:
-                    os.rename(building, final)
-                except OSError:
-                    if not (final / "meta.json").is_file():
-                        raise
-            finally:
-                shutil.rmtree(building, ignore_errors=True)
-        else:
+        if not build_cache_once(final, lambda building: _build_pairs(self.cfg, building, log)):
             log(f"using cached image–text pairs at {final}")
         try:
             self.meta = json.loads((final / "meta.json").read_text())

@@ -24,15 +24,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from pretrainer.io import build_cache_once
 from pretrainer.config import Config, DataConfig, resolve_section
 from pretrainer.data.augment import Augmentation
 from pretrainer.data.image_config import ImageDataConfig
@@ -109,21 +107,7 @@ class ImageData:
                 raise PretrainerError(f"{path}: file not found")
         images_dir = cache_root(data.cache_dir or None) / "images"
         final = images_dir / cache_key(self.cfg)
-        if not (final / "meta.json").is_file():
-            images_dir.mkdir(parents=True, exist_ok=True)
-            building = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=images_dir))
-            try:
-                _build(self.cfg, building, log)
-                if final.exists():
-                    shutil.rmtree(final)  # not finished (no meta.json): never a complete build
-                try:
-                    os.rename(building, final)
-                except OSError:
-                    if not (final / "meta.json").is_file():
-                        raise  # else another process finished the same build first
-            finally:
-                shutil.rmtree(building, ignore_errors=True)
-        else:
+        if not build_cache_once(final, lambda building: _build(self.cfg, building, log)):
             log(f"using cached images at {final}")
         try:
             self.meta = json.loads((final / "meta.json").read_text())

@@ -29,15 +29,14 @@ import hashlib
 import itertools
 import json
 import mmap
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from pretrainer.io import build_cache_once
 from pretrainer.config import Config
 from pretrainer.data.text_config import TextDataConfig
 from pretrainer.data.readers import ReadStats, read_documents
@@ -99,22 +98,7 @@ def prepare_corpus(cfg: Config, log: Callable[[str], None] = print) -> PreparedC
     if damage:
         log(f"cached shards at {final} are damaged ({damage}): preparing them again")
         shutil.rmtree(final, ignore_errors=True)
-    if not (final / "meta.json").is_file():
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=shards_dir))
-        try:
-            _build(cfg, building, log)
-            if final.exists() and not (final / "meta.json").is_file():
-                shutil.rmtree(final)  # left by hand or by an older version, never by a finished build
-            try:
-                os.rename(building, final)
-            except OSError:
-                if not (final / "meta.json").is_file():
-                    raise
-                # Another process finished the same build first; its result is identical.
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-    else:
+    if not build_cache_once(final, lambda building: _build(cfg, building, log)):
         log(f"using cached shards at {final}")
     return open_prepared(final)
 

@@ -16,7 +16,7 @@ the text tower, the projections and the scale are heads left behind.
 Held-out metrics (eval mode, all held-out pairs at once; data/image_text.py keeps one pair per
 distinct image): clip_loss (symmetric InfoNCE within batches of train.batch_size, comparable
 with training), recall@1/5/10 image->text and text->image among all held-out pairs.
-`pretrainer evaluate` adds zero-shot classification (evaluation/clip.py).
+`pretrainer evaluate` adds zero-shot classification (objectives/clip_report.py).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class CLIP(PretrainingObjective):
         return out
 
     def report(self, model: nn.Module, data, batch_size: int, seq_len: int, log=print) -> dict:
-        """`pretrainer evaluate`'s results: retrieval and zero-shot (evaluation/clip.py)."""
-        from pretrainer.evaluation.clip import clip_report
+        """`pretrainer evaluate`'s results: retrieval and zero-shot (objectives/clip_report.py)."""
+        from pretrainer.objectives.clip_report import clip_report
 
         return clip_report(self, model, data, batch_size, seq_len, log=log)
