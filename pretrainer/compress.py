@@ -59,7 +59,9 @@ def _check_output(out: Path, source: Path, key: str) -> None:
 def _task_of(model: nn.Module, run_dir: Path) -> Task:
     for name in TASKS:
         task = TASKS.get(name)()
-        if isinstance(model, task.head_class):
+        # Only labeled tasks have the loss pruning measures importance with (generation's
+        # head_class is any module: its model is the encoder-decoder itself).
+        if task.labeled and isinstance(model, task.head_class):
             return task
     raise PretrainerError(f"{run_dir}: the model has no classification or tagging head; pruning measures "
                           f"importance with a task's loss, so it needs a fine-tuned run")

@@ -819,7 +819,7 @@ def from_dict(cls: type, data: dict, source: str = "config", prefix: str = ""):
             # A partial section keeps its own defaults: [finetune.train] starts from the
             # fine-tuning defaults (lr 1e-4, 3 epochs, ...), not from pre-training's. A [model] or
             # [data] section takes its component's own defaults (its `name` picks the class).
-            value = _deep_merge(dataclasses.asdict(default_factory()), value)
+            value = _deep_merge(to_dict(default_factory()), value)
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     obj = cls(**kwargs)
     check_section(obj, source, prefix)
@@ -923,7 +923,17 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config tree as plain data. A [model]-like section still at the unresolved base class
+    (a default nobody set, e.g. objective.text_model) is left out: written as its two base keys it
+    would read back as the full component config, another value than the one dumped."""
+    def unset(value) -> bool:
+        return type(value) in (ModelConfig, DataConfig)
+
+    def tree(obj):
+        return {f.name: tree(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else copy.deepcopy(v)
+                for f in dataclasses.fields(obj) if not unset(getattr(obj, f.name))}
+
+    return tree(cfg)
 
 
 def dump_toml(data: dict) -> str:
