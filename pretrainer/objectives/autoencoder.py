@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data_info import DataInfo
-from pretrainer.models import model_modality
-from pretrainer.objectives.base import PretrainingObjective
+from pretrainer.objectives.base import PretrainingObjective, image_backbone_refusal
 from pretrainer.objectives.heads import PixelDecoder, PretrainingModel
 from pretrainer.objectives.mlm import evaluation_batches
 from pretrainer.registry import OBJECTIVES
@@ -43,10 +42,8 @@ class Autoencoder(PretrainingObjective):
         self.layout_options = {"augment": False}  # the image itself is the target
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
-        if model_modality(backbone) != "image":
-            return (f"the autoencoder reconstructs images; model {backbone.config.name!r} reads token ids "
-                    f"(use an image backbone, e.g. model.name = \"resnet\", with data.name = \"images\")")
-        return None
+        return image_backbone_refusal(backbone, "the autoencoder reconstructs images",
+                                      "use an image backbone, e.g. model.name = \"resnet\", with data.name = \"images\"")
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         return PretrainingModel(backbone, {"pixel_decoder": PixelDecoder(backbone, self.cfg.decoder_hidden)})

@@ -21,7 +21,16 @@ import torch.nn as nn
 
 from pretrainer.config import Config, ObjectiveConfig
 from pretrainer.data_info import DataInfo
+from pretrainer.models import model_modality
 from pretrainer.objectives.heads import PretrainingModel
+
+
+def image_backbone_refusal(backbone: nn.Module, what: str, advice: str) -> str | None:
+    """The refusal of an image objective given a text backbone (None for an image one): `what` says
+    what the objective does with images, `advice` which model to name instead."""
+    if model_modality(backbone) == "image":
+        return None
+    return f"{what}; model {backbone.config.name!r} reads token ids ({advice})"
 
 
 class PretrainingObjective:

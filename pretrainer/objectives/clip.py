@@ -32,7 +32,7 @@ from pretrainer.config import Config, ObjectiveConfig
 from pretrainer.data_info import DataInfo
 from pretrainer.errors import PretrainerError
 from pretrainer.models import build_model, model_config_dict, model_modality
-from pretrainer.objectives.base import PretrainingObjective
+from pretrainer.objectives.base import PretrainingObjective, image_backbone_refusal
 from pretrainer.objectives.gather import gather_rows
 from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.objectives.clip_heads import CLIPImageProjection, CLIPTextTower, LogitScale
@@ -85,9 +85,10 @@ class CLIP(PretrainingObjective):
         return cfg
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
-        if model_modality(backbone) != "image":
-            return (f"CLIP's backbone is its image encoder; model {backbone.config.name!r} reads token ids (use "
-                    f"an image model, e.g. model.name = \"vit\"; the text encoder is [objective.text_model])")
+        refusal = image_backbone_refusal(backbone, "CLIP's backbone is its image encoder", "use an image model, e.g. "
+                                         "model.name = \"vit\"; the text encoder is [objective.text_model]")
+        if refusal:
+            return refusal
         if not self.cfg.text_init and model_modality(MODELS.get(self.cfg.text_model.name)) == "image":
             return f"objective.text_model.name = {self.cfg.text_model.name!r} reads images; name a text model"
         return None

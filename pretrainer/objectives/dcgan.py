@@ -27,8 +27,7 @@ import torch.nn.functional as F
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data_info import DataInfo
-from pretrainer.models import model_modality
-from pretrainer.objectives.base import PretrainingObjective
+from pretrainer.objectives.base import PretrainingObjective, image_backbone_refusal
 from pretrainer.objectives.gan_heads import DCGANGenerator, real_fake_head_for
 from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.objectives.mlm import evaluation_batches
@@ -50,10 +49,8 @@ class DCGAN(PretrainingObjective):
         self.layout_options = {"augment": False}  # the generator must match the images as they are
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
-        if model_modality(backbone) != "image":
-            return (f"DCGAN's discriminator reads images; model {backbone.config.name!r} reads token ids "
-                    f"(use an image backbone, e.g. model.name = \"resnet\", with data.name = \"images\")")
-        return None
+        return image_backbone_refusal(backbone, "DCGAN's discriminator reads images",
+                                      "use an image backbone, e.g. model.name = \"resnet\", with data.name = \"images\"")
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         generator = DCGANGenerator(backbone, self.cfg.latent_dim, self.cfg.generator_width)

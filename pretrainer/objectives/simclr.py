@@ -26,8 +26,7 @@ import torch.nn as nn
 
 from pretrainer.config import ObjectiveConfig
 from pretrainer.data_info import DataInfo
-from pretrainer.models import model_modality
-from pretrainer.objectives.base import PretrainingObjective
+from pretrainer.objectives.base import PretrainingObjective, image_backbone_refusal
 from pretrainer.objectives.gather import gather_rows
 from pretrainer.objectives.heads import PretrainingModel
 from pretrainer.objectives.image_heads import ProjectionMLP
@@ -57,10 +56,8 @@ class SimCLR(PretrainingObjective):
         self.temperature = cfg.temperature
 
     def check_backbone(self, backbone: nn.Module) -> str | None:
-        if model_modality(backbone) != "image":
-            return (f"SimCLR compares augmented views of images; model {backbone.config.name!r} reads token ids "
-                    f"(use an image model, e.g. model.name = \"vit\"; SimCSE is the sentence counterpart)")
-        return None
+        return image_backbone_refusal(backbone, "SimCLR compares augmented views of images",
+                                      "use an image model, e.g. model.name = \"vit\"; SimCSE is the sentence counterpart")
 
     def build(self, backbone: nn.Module) -> PretrainingModel:
         return PretrainingModel(backbone, {"simclr_projection": ProjectionMLP(backbone, self.cfg.projection_dim)})
